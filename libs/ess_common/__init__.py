@@ -1,0 +1,1 @@
+"""What every ESS service shares: settings, events, messaging, bookkeeping, object store."""

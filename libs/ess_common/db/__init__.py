@@ -1,0 +1,1 @@
+"""The head's bookkeeping: tables, sessions, migrations."""

@@ -1,0 +1,208 @@
+"""Tables of the head's bookkeeping. The schema itself is made by the alembic migrations."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps are UTC everywhere; SQLite forgets the zone, so it is put back on read."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
+
+
+class RequestStatus(enum.StrEnum):
+    RECEIVED = "received"
+    ASSIGNED = "assigned"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class FileStatus(enum.StrEnum):
+    PENDING = "pending"  # no edge could take it yet
+    ASSIGNED = "assigned"
+    CACHED = "cached"
+    SPLIT = "split"
+    FAILED = "failed"
+
+
+class EdgeStatus(enum.StrEnum):
+    ALIVE = "alive"
+    LOST = "lost"
+    DRAINING = "draining"
+    DISABLED = "disabled"
+
+
+class NotificationStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Request(Base):
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    dataset: Mapped[str] = mapped_column(String(512))
+    events_per_range: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    notify_message: Mapped[bool] = mapped_column(default=True)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    #: The request as received, to tell a resubmission from a conflicting one.
+    spec_digest: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.RECEIVED)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    ready_at: Mapped[datetime | None]
+
+
+class File(Base):
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("request_id", "scope", "lfn"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(String(255))
+    lfn: Mapped[str] = mapped_column(String(255))
+    guid: Mapped[str] = mapped_column(String(64), default="")
+    n_events: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
+    adler32: Mapped[str] = mapped_column(String(8))
+    sources: Mapped[list[str]]
+    status: Mapped[str] = mapped_column(String(16), default=FileStatus.PENDING, index=True)
+    edge: Mapped[str | None] = mapped_column(String(63), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Range(Base):
+    __tablename__ = "ranges"
+    __table_args__ = (
+        UniqueConstraint("file_id", "first_event"),
+        Index("ix_ranges_lookup", "scope", "lfn", "first_event"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    request_id: Mapped[str] = mapped_column(String(36))
+    scope: Mapped[str] = mapped_column(String(255))
+    lfn: Mapped[str] = mapped_column(String(255))
+    first_event: Mapped[int] = mapped_column(Integer)
+    last_event: Mapped[int] = mapped_column(Integer)
+    object_key: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    adler32: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Edge(Base):
+    __tablename__ = "edges"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    site: Mapped[str] = mapped_column(String(255))
+    region: Mapped[str] = mapped_column(String(255))
+    url: Mapped[str | None] = mapped_column(Text)
+    quota_bytes: Mapped[int] = mapped_column(BigInteger)
+    free_bytes: Mapped[int] = mapped_column(BigInteger)
+    queued: Mapped[int] = mapped_column(Integer, default=0)
+    load: Mapped[float] = mapped_column(default=0.0)
+    version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=EdgeStatus.ALIVE)
+    last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Notification(Base):
+    """One notice to one target about one event of a request: at most one is ever sent."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("request_id", "event", "kind", "target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))  # "message" or "http"
+    target: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=NotificationStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class OutboxMessage(Base):
+    """An event written in the same transaction as the change it announces."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    exchange: Mapped[str | None] = mapped_column(String(255))
+    routing_key: Mapped[str] = mapped_column(String(255))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class DeadLetter(Base):
+    """A message that could not be handled, with the reason, for operators to read or replay."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    queue: Mapped[str] = mapped_column(String(255))
+    routing_key: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

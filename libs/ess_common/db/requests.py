@@ -1,0 +1,83 @@
+"""Recording a request: one code path for the head API's POST and the broker's message."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ess_common.db.models import File, FileStatus, Request, RequestStatus
+from ess_common.errors import Conflict
+from ess_common.events import RequestSpec
+
+
+def spec_digest(spec: RequestSpec) -> str:
+    canonical = RequestSpec.model_validate(spec.model_dump(include=set(RequestSpec.model_fields)))
+    return hashlib.sha256(canonical.model_dump_json().encode()).hexdigest()
+
+
+def as_spec(spec: RequestSpec) -> RequestSpec:
+    """The request part of a `request.created` event, without its envelope."""
+    return RequestSpec.model_validate(spec.model_dump(include=set(RequestSpec.model_fields)))
+
+
+async def record_request(
+    session: AsyncSession, spec: RequestSpec, *, request_id: str | None = None
+) -> tuple[Request, bool]:
+    """Insert the request and its files, or return the one recorded under the same key.
+
+    A resubmission is the same request; the same key with a different content is a conflict.
+    Returns the request and whether it was created now.
+    """
+    digest = spec_digest(spec)
+    existing = await session.scalar(
+        select(Request).where(Request.idempotency_key == spec.idempotency_key)
+    )
+    if existing is None:
+        try:
+            async with session.begin_nested():
+                existing = Request(
+                    id=request_id or str(uuid.uuid4()),
+                    idempotency_key=spec.idempotency_key,
+                    dataset=spec.dataset,
+                    events_per_range=spec.events_per_range,
+                    priority=spec.priority,
+                    notify_message=spec.notify.message,
+                    callback_url=spec.notify.callback_url,
+                    spec_digest=digest,
+                    status=RequestStatus.RECEIVED,
+                )
+                session.add(existing)
+                await session.flush()
+                session.add_all(
+                    File(
+                        request_id=existing.id,
+                        scope=f.scope,
+                        lfn=f.lfn,
+                        guid=f.guid,
+                        n_events=f.n_events,
+                        size=f.size,
+                        adler32=f.adler32,
+                        sources=list(f.sources),
+                        status=FileStatus.PENDING,
+                    )
+                    for f in spec.files
+                )
+                await session.flush()
+            return existing, True
+        except IntegrityError:
+            # Another process recorded the same key between our read and our insert.
+            existing = await session.scalar(
+                select(Request).where(Request.idempotency_key == spec.idempotency_key)
+            )
+            if existing is None:
+                raise
+    if existing.spec_digest != digest:
+        raise Conflict(
+            f"idempotency key {spec.idempotency_key!r} is already request {existing.id} "
+            "with different content"
+        )
+    return existing, False

@@ -1,0 +1,46 @@
+"""The ESS error hierarchy.
+
+Each boundary maps it once: the HTTP layer to status codes, the message consumer to
+ack / retry / dead-letter.
+"""
+
+from __future__ import annotations
+
+
+class EssError(Exception):
+    """Base of every error ESS raises on purpose."""
+
+
+class RetryableError(EssError):
+    """A passing fault (a server down, a timeout): the same work may succeed later."""
+
+
+class PermanentError(EssError):
+    """The input itself is wrong: retrying cannot help, the work is dead-lettered."""
+
+
+class BadMessage(PermanentError):
+    """A message that does not parse or does not fit its contract."""
+
+
+class NotFound(PermanentError):
+    """A thing asked for by id does not exist."""
+
+    def __init__(self, kind: str, key: object) -> None:
+        super().__init__(f"{kind} {key} not found")
+        self.kind = kind
+        self.key = key
+
+
+class Conflict(PermanentError):
+    """The request contradicts what is already recorded."""
+
+
+class ChecksumMismatch(RetryableError):
+    """A transfer arrived with the wrong size or adler32; a new attempt may fetch it right."""
+
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        super().__init__(f"{what}: expected {expected}, got {actual}")
+        self.what = what
+        self.expected = expected
+        self.actual = actual

@@ -1,0 +1,1 @@
+"""Messaging: one durable topic exchange, a queue per consumer, retries and dead letters."""

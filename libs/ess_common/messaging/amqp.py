@@ -1,0 +1,204 @@
+"""The RabbitMQ bus (aio-pika): durable topic exchange, persistent messages, publisher
+confirms, manual ack after the handler (and so after its commit), retry and dead-letter queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from ess_common.messaging.bus import (
+    ATTEMPT_HEADER,
+    QUEUE_HEADER,
+    REASON_HEADER,
+    ROUTING_KEY_HEADER,
+    Delivery,
+    Handler,
+    audit_queue,
+    dead_exchange,
+)
+from ess_common.messaging.dispatch import Verdict, dispatch
+
+log = structlog.get_logger("ess.amqp")
+
+
+class AmqpBus:
+    def __init__(
+        self,
+        url: str,
+        exchange: str = "ess",
+        *,
+        max_attempts: int = 5,
+        backoff_s: float = 1.0,
+        prefetch: int = 8,
+    ) -> None:
+        self.url = url
+        self.exchange = exchange
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.prefetch = prefetch
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._consumer_channels: list[AbstractChannel] = []
+        self._publish_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect_robust(self.url)
+        self._publish_channel = await self._connection.channel(publisher_confirms=True)
+        await self._exchange(self.exchange)
+        await self._exchange(dead_exchange(self.exchange))
+        # The audit queue exists from the start so that no dead letter misses the record.
+        await self.declare_plain(audit_queue(self.exchange), dead_exchange(self.exchange), ["#"])
+
+    async def close(self) -> None:
+        for channel in self._consumer_channels:
+            if not channel.is_closed:
+                await channel.close()
+        self._consumer_channels.clear()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if name not in self._exchanges:
+            assert self._publish_channel is not None, "bus not started"
+            self._exchanges[name] = await self._publish_channel.declare_exchange(
+                name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        return self._exchanges[name]
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        exchange: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        expiration_s: float | None = None,
+    ) -> None:
+        target = await self._exchange(exchange or self.exchange)
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=dict(headers or {}),
+            expiration=expiration_s,
+        )
+        await target.publish(message, routing_key=routing_key)
+
+    async def _send_to_queue(
+        self, queue: str, message: AbstractIncomingMessage, headers: dict[str, Any], delay: float
+    ) -> None:
+        assert self._publish_channel is not None
+        out = aio_pika.Message(
+            message.body,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers,
+            expiration=delay if delay > 0 else None,
+        )
+        await self._publish_channel.default_exchange.publish(out, routing_key=queue)
+
+    async def declare_plain(
+        self, queue: str, exchange: str, bindings: Sequence[str]
+    ) -> AbstractQueue:
+        assert self._publish_channel is not None, "bus not started"
+        declared = await self._publish_channel.declare_queue(queue, durable=True)
+        target = await self._exchange(exchange)
+        for key in bindings:
+            await declared.bind(target, key)
+        return declared
+
+    async def _declare(
+        self, channel: AbstractChannel, queue: str, exchange: str, bindings: Sequence[str]
+    ) -> AbstractQueue:
+        dead = dead_exchange(self.exchange)
+        await self._exchange(exchange)
+        declared = await channel.declare_queue(
+            queue,
+            durable=True,
+            arguments={"x-dead-letter-exchange": dead, "x-dead-letter-routing-key": queue},
+        )
+        await channel.declare_queue(
+            f"{queue}.retry",
+            durable=True,
+            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue},
+        )
+        dead_queue = await channel.declare_queue(f"{queue}.dead", durable=True)
+        await dead_queue.bind(dead, queue)
+        for key in bindings:
+            await declared.bind(exchange, key)
+        return declared
+
+    async def declare(self, queue: str, bindings: Sequence[str]) -> None:
+        assert self._publish_channel is not None, "bus not started"
+        await self._declare(self._publish_channel, queue, self.exchange, bindings)
+
+    async def depth(self, queue: str) -> int:
+        assert self._connection is not None, "bus not started"
+        # A passive declare on its own channel: a missing queue closes that channel only.
+        async with self._connection.channel() as channel:
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                return 0
+            return int(declared.declaration_result.message_count or 0)
+
+    async def consume(
+        self,
+        queue: str,
+        bindings: Sequence[str],
+        handler: Handler,
+        *,
+        exchange: str | None = None,
+        prefetch: int | None = None,
+    ) -> None:
+        assert self._connection is not None, "bus not started"
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch or self.prefetch)
+        self._consumer_channels.append(channel)
+        declared = await self._declare(channel, queue, exchange or self.exchange, bindings)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            headers = dict(message.headers or {})
+            attempt = int(str(headers.get(ATTEMPT_HEADER) or 1))
+            # A retried message comes back through the default exchange: keep its first key.
+            routing_key = str(headers.get(ROUTING_KEY_HEADER) or message.routing_key or "")
+            delivery = Delivery(queue, routing_key, message.body, headers, attempt)
+            outcome = await dispatch(
+                delivery, handler, max_attempts=self.max_attempts, backoff_s=self.backoff_s
+            )
+            try:
+                if outcome.verdict is Verdict.RETRY:
+                    headers.update({ATTEMPT_HEADER: attempt + 1, ROUTING_KEY_HEADER: routing_key})
+                    await self._send_to_queue(f"{queue}.retry", message, headers, outcome.delay_s)
+                elif outcome.verdict is Verdict.DEAD:
+                    headers.update(
+                        {
+                            REASON_HEADER: outcome.reason[:4000],
+                            QUEUE_HEADER: queue,
+                            ROUTING_KEY_HEADER: routing_key,
+                        }
+                    )
+                    await self.publish(
+                        queue, message.body, exchange=dead_exchange(self.exchange), headers=headers
+                    )
+                await message.ack()
+            except Exception:
+                # The broker keeps the message and delivers it again: nothing is lost.
+                log.exception("message.settle_failed", queue=queue)
+                await message.nack(requeue=True)
+
+        await declared.consume(on_message, no_ack=False)

@@ -1,0 +1,89 @@
+"""What a message bus offers ESS, whichever backend carries it (RabbitMQ or in-process).
+
+Every consumed queue `Q` comes with `Q.retry` (a delay before redelivery) and `Q.dead`
+(bound on the dead-letter exchange `<exchange>.dead` with key `Q`). A dead-lettered message
+carries its reason in the `x-ess-reason` header; `<exchange>.dead.audit` sees every one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ess_common.events import Event
+
+ATTEMPT_HEADER = "x-ess-attempt"
+REASON_HEADER = "x-ess-reason"
+QUEUE_HEADER = "x-ess-queue"
+ROUTING_KEY_HEADER = "x-ess-routing-key"
+
+
+def dead_exchange(exchange: str) -> str:
+    return f"{exchange}.dead"
+
+
+def audit_queue(exchange: str) -> str:
+    return f"{exchange}.dead.audit"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as a handler sees it."""
+
+    queue: str
+    routing_key: str
+    body: bytes
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    #: 1 on the first delivery, counting the retries this consumer asked for.
+    attempt: int = 1
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Bus(Protocol):
+    exchange: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        exchange: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        expiration_s: float | None = None,
+    ) -> None:
+        """Publish durably; returns once the broker has confirmed the message."""
+
+    async def declare(self, queue: str, bindings: Sequence[str]) -> None:
+        """Make the queue exist and receive its bindings before anyone consumes it."""
+
+    async def depth(self, queue: str) -> int:
+        """Messages waiting in the queue (0 when it does not exist)."""
+
+    async def consume(
+        self,
+        queue: str,
+        bindings: Sequence[str],
+        handler: Handler,
+        *,
+        exchange: str | None = None,
+        prefetch: int | None = None,
+    ) -> None:
+        """Deliver each message of the queue to the handler (see `dispatch` for outcomes)."""
+
+
+async def publish_event(
+    bus: Bus, event: Event, *, exchange: str | None = None, expiration_s: float | None = None
+) -> None:
+    await bus.publish(
+        event.routing_key(),
+        event.model_dump_json().encode(),
+        exchange=exchange,
+        expiration_s=expiration_s,
+    )

@@ -1,0 +1,90 @@
+"""The transactional outbox: events are written with the change they announce, in the same
+transaction, and a relay publishes them (with confirms) after the commit. A crash between
+commit and publish delays the event; it never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ess_common.db.models import OutboxMessage, utcnow
+from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.events import Event
+from ess_common.messaging.bus import Bus
+
+log = structlog.get_logger("ess.outbox")
+
+
+def add_event(session: AsyncSession, event: Event, *, exchange: str | None = None) -> None:
+    session.add(
+        OutboxMessage(
+            exchange=exchange, routing_key=event.routing_key(), body=event.model_dump_json()
+        )
+    )
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        sessions: SessionMaker,
+        bus: Bus,
+        *,
+        batch: int = 200,
+        keep_published: timedelta = timedelta(hours=1),
+    ) -> None:
+        self.sessions = sessions
+        self.bus = bus
+        self.batch = batch
+        self.keep_published = keep_published
+        self._lock = asyncio.Lock()
+
+    async def flush(self) -> int:
+        """Publish everything not yet published; returns how many were sent."""
+        sent = 0
+        async with self._lock:
+            while True:
+                async with unit_of_work(self.sessions) as session:
+                    # SKIP LOCKED: several relays (one per head process) share the table.
+                    rows = (
+                        await session.scalars(
+                            select(OutboxMessage)
+                            .where(OutboxMessage.published_at.is_(None))
+                            .order_by(OutboxMessage.id)
+                            .limit(self.batch)
+                            .with_for_update(skip_locked=True)
+                        )
+                    ).all()
+                    for row in rows:
+                        await self.bus.publish(
+                            row.routing_key, row.body.encode(), exchange=row.exchange
+                        )
+                        row.published_at = utcnow()
+                sent += len(rows)
+                if len(rows) < self.batch:
+                    return sent
+
+    async def purge(self) -> None:
+        async with unit_of_work(self.sessions) as session:
+            await session.execute(
+                delete(OutboxMessage).where(
+                    OutboxMessage.published_at < utcnow() - self.keep_published
+                )
+            )
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        """Publish what a crashed or busy process left behind, forever."""
+        rounds = 0
+        while True:
+            try:
+                await self.flush()
+                rounds += 1
+                if rounds % 600 == 0:
+                    await self.purge()
+            except Exception:
+                log.exception("outbox.flush_failed")
+            await asyncio.sleep(interval_s)

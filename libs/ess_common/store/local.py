@@ -1,0 +1,91 @@
+"""The local directory store of the embedded mode.
+
+Signed URLs point at the head API's `/v1/objects/{key}` route with an expiry and an HMAC, so a
+pilot downloads over HTTP exactly as it would from S3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from ess_common.errors import NotFound, PermanentError
+from ess_common.store.base import check_key
+
+
+def sign(secret: bytes, key: str, expires: int) -> str:
+    return hmac.new(secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def verify(secret: bytes, key: str, expires: int, signature: str) -> None:
+    if expires < time.time():
+        raise PermanentError("signed URL has expired")
+    if not hmac.compare_digest(sign(secret, key, expires), signature):
+        raise PermanentError("signed URL signature does not match")
+
+
+class LocalStore:
+    def __init__(self, root: Path, base_url: str, secret: bytes) -> None:
+        self.root = root
+        self.base_url = base_url.rstrip("/")
+        self.secret = secret
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        return None
+
+    def path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    async def put_file(self, key: str, path: Path) -> None:
+        target = self.path(key)
+
+        def _copy() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+
+        await asyncio.to_thread(_copy)
+
+    async def get_bytes(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        target = self.path(key)
+
+        def _read() -> bytes:
+            try:
+                with target.open("rb") as f:
+                    f.seek(start or 0)
+                    return f.read() if end is None else f.read(end - (start or 0) + 1)
+            except FileNotFoundError as exc:
+                raise NotFound("object", key) from exc
+
+        return await asyncio.to_thread(_read)
+
+    async def download(self, key: str, path: Path) -> None:
+        source = self.path(key)
+        if not source.exists():
+            raise NotFound("object", key)
+        await asyncio.to_thread(shutil.copyfile, source, path)
+
+    async def size(self, key: str) -> int | None:
+        try:
+            return self.path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    async def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    async def signed_url(self, key: str, ttl_s: int) -> str:
+        check_key(key)
+        expires = int(time.time()) + ttl_s
+        query = urlencode({"expires": expires, "signature": sign(self.secret, key, expires)})
+        return f"{self.base_url}/v1/objects/{quote(key)}?{query}"

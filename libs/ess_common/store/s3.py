@@ -1,0 +1,146 @@
+"""The S3 object store (aiobotocore), path-style addressing so that any S3 server works."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from ess_common.errors import NotFound, RetryableError
+from ess_common.store.base import check_key
+
+_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+def _missing(exc: ClientError) -> bool:
+    return str(exc.response.get("Error", {}).get("Code")) in _MISSING
+
+
+class S3Store:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str = "us-east-1",
+        create_bucket: bool = True,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.region = region
+        self.create_bucket = create_bucket
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("S3 store not started")
+        return self._client
+
+    async def start(self) -> None:
+        session = get_session()
+        config = AioConfig(
+            s3={"addressing_style": "path"},
+            signature_version="s3v4",
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        self._client = await self._stack.enter_async_context(
+            session.create_client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                aws_access_key_id=self.access_key,
+                aws_secret_access_key=self.secret_key,
+                region_name=self.region,
+                config=config,
+            )
+        )
+        if self.create_bucket:
+            await self.ensure_bucket()
+
+    async def ensure_bucket(self) -> None:
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if not _missing(exc):
+                raise
+            try:
+                await self.client.create_bucket(Bucket=self.bucket)
+            except ClientError as again:
+                code = again.response.get("Error", {}).get("Code")
+                if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def put_file(self, key: str, path: Path) -> None:
+        data = await asyncio.to_thread(path.read_bytes)
+        try:
+            await self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except ClientError as exc:
+            raise RetryableError(f"upload of {key} failed: {exc}") from exc
+
+    async def get_bytes(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if start is not None or end is not None:
+            kwargs["Range"] = f"bytes={start or 0}-{'' if end is None else end}"
+        try:
+            response = await self.client.get_object(**kwargs)
+        except ClientError as exc:
+            if _missing(exc):
+                raise NotFound("object", key) from exc
+            raise
+        async with response["Body"] as body:
+            data: bytes = await body.read()
+            return data
+
+    async def download(self, key: str, path: Path) -> None:
+        try:
+            response = await self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _missing(exc):
+                raise NotFound("object", key) from exc
+            raise
+        with path.open("wb") as out:
+            async with response["Body"] as body:
+                async for chunk in body.content.iter_chunked(1 << 20):
+                    out.write(chunk)
+
+    async def size(self, key: str) -> int | None:
+        try:
+            head = await self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    async def delete(self, key: str) -> None:
+        await self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    async def signed_url(self, key: str, ttl_s: int) -> str:
+        url: str = await self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key)},
+            ExpiresIn=ttl_s,
+        )
+        return url
