@@ -60,7 +60,9 @@ class AmqpBus:
         await self._exchange(self.exchange)
         await self._exchange(dead_exchange(self.exchange))
         # The audit queue exists from the start so that no dead letter misses the record.
-        await self.declare_plain(audit_queue(self.exchange), dead_exchange(self.exchange), ["#"])
+        await self._declare(
+            self._publish_channel, audit_queue(self.exchange), dead_exchange(self.exchange), ["#"]
+        )
 
     async def close(self) -> None:
         for channel in self._consumer_channels:
@@ -110,16 +112,6 @@ class AmqpBus:
             expiration=delay if delay > 0 else None,
         )
         await self._publish_channel.default_exchange.publish(out, routing_key=queue)
-
-    async def declare_plain(
-        self, queue: str, exchange: str, bindings: Sequence[str]
-    ) -> AbstractQueue:
-        assert self._publish_channel is not None, "bus not started"
-        declared = await self._publish_channel.declare_queue(queue, durable=True)
-        target = await self._exchange(exchange)
-        for key in bindings:
-            await declared.bind(target, key)
-        return declared
 
     async def _declare(
         self, channel: AbstractChannel, queue: str, exchange: str, bindings: Sequence[str]
@@ -180,6 +172,11 @@ class AmqpBus:
             outcome = await dispatch(
                 delivery, handler, max_attempts=self.max_attempts, backoff_s=self.backoff_s
             )
+            if outcome.verdict is Verdict.DEAD and queue == audit_queue(self.exchange):
+                # The message also waits in its own dead-letter queue: nothing is lost.
+                log.error("dead_letter.not_recorded", reason=outcome.reason)
+                await message.ack()
+                return
             try:
                 if outcome.verdict is Verdict.RETRY:
                     headers.update({ATTEMPT_HEADER: attempt + 1, ROUTING_KEY_HEADER: routing_key})

@@ -144,6 +144,8 @@ class MemoryBus:
                         delivery.attempt + 1,
                     )
                     self._spawn(self._later(outcome.delay_s, q, again), f"retry:{q.name}")
+                elif outcome.verdict is Verdict.DEAD and q.name == audit_queue(self.exchange):
+                    log.error("dead_letter.not_recorded", reason=outcome.reason)
                 elif outcome.verdict is Verdict.DEAD:
                     headers = {
                         **delivery.headers,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy.engine import Connection
+
 from ess_common.db.models import Base
 from ess_common.db.session import is_sqlite, make_engine
-from sqlalchemy.engine import Connection
 
 config = context.config
 target_metadata = Base.metadata

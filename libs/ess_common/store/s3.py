@@ -122,7 +122,8 @@ class S3Store:
             raise
         with path.open("wb") as out:
             async with response["Body"] as body:
-                async for chunk in body.content.iter_chunked(1 << 20):
+                # aiobotocore's streaming body: `read` checks the length against Content-Length.
+                async for chunk in body.iter_chunks(1 << 20):
                     out.write(chunk)
 
     async def size(self, key: str) -> int | None:

@@ -1,0 +1,62 @@
+"""`ess`: the embedded demo and server, and operator commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from ess_common.db.migrate import upgrade
+from ess_common.logs import configure_logging
+from ess_common.settings import EssSettings
+
+
+def _db_upgrade(_: argparse.Namespace) -> None:
+    settings = EssSettings()
+    asyncio.run(upgrade(settings.database_url))
+    print("database schema is up to date")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ess_cli.demo import demo_main
+
+    demo_main(args.workdir, args.events_per_range, args.edges, not args.keep)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from ess_cli.embedded import Embedded, embedded_settings
+
+    async def serve() -> None:
+        head, edges = embedded_settings(args.workdir, args.port, args.edges)
+        async with Embedded(head, edges) as ess:
+            print(f"ESS embedded on {ess.url} (Ctrl-C stops)", flush=True)
+            await ess.wait()
+
+    asyncio.run(serve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ess", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING")
+    commands = parser.add_subparsers(required=True)
+
+    demo = commands.add_parser("demo", help="run the whole flow on the embedded default")
+    demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
+    demo.add_argument("--events-per-range", type=int, default=100)
+    demo.add_argument("--edges", type=int, default=2)
+    demo.add_argument("--keep", action="store_true", help="keep the previous run's state")
+    demo.set_defaults(run=_demo)
+
+    serve = commands.add_parser("serve", help="run every service in one process")
+    serve.add_argument("--workdir", type=Path, default=Path("var/embedded"))
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--edges", type=int, default=2)
+    serve.set_defaults(run=_serve)
+
+    db = commands.add_parser("db", help="database schema")
+    db_commands = db.add_subparsers(required=True)
+    db_commands.add_parser("upgrade", help="apply the migrations").set_defaults(run=_db_upgrade)
+
+    args = parser.parse_args(argv)
+    configure_logging("console", args.log_level)
+    args.run(args)

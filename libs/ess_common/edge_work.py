@@ -1,0 +1,92 @@
+"""What the edge daemons share: their queue names and how a failed file is reported.
+
+An edge reports a file it cannot handle as `file.failed` (so the head can move it) instead of
+letting the message die silently: at once for a permanent fault, after the last retry for a
+passing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import structlog
+
+from ess_common.errors import PermanentError
+from ess_common.events import Event, FileAssigned, FileCached, FileFailed
+from ess_common.messaging.bus import Bus, Delivery, Handler, publish_event
+from ess_common.messaging.handlers import parse_for
+
+log = structlog.get_logger("ess.edge_work")
+
+W = TypeVar("W", FileAssigned, FileCached)
+
+
+def assigned_queue(edge: str) -> str:
+    return f"ess.edge.{edge}.assigned"
+
+
+def cached_queue(edge: str) -> str:
+    return f"ess.edge.{edge}.cached"
+
+
+def edge_queues(edge: str) -> dict[str, list[str]]:
+    """Every queue of one edge with its bindings; declared before the edge's first heartbeat
+    so that no work sent to it is unroutable."""
+    return {
+        assigned_queue(edge): [f"file.assigned.{edge}"],
+        cached_queue(edge): [f"file.cached.{edge}"],
+    }
+
+
+def work_handler(
+    bus: Bus,
+    accepted: type[W],
+    stage: Literal["precache", "split"],
+    max_attempts: int,
+    work: Callable[[W], Awaitable[Event]],
+) -> Handler:
+    async def handle(delivery: Delivery) -> None:
+        event = parse_for(delivery, accepted)
+        assert isinstance(event, accepted)
+        try:
+            result = await work(event)
+        except Exception as exc:
+            permanent = isinstance(exc, PermanentError)
+            if not permanent and delivery.attempt < max_attempts:
+                raise
+            log.warning("file.failed", stage=stage, reason=str(exc), permanent=permanent)
+            await publish_event(
+                bus,
+                FileFailed(
+                    work=event.work,
+                    stage=stage,
+                    reason=f"{type(exc).__name__}: {exc}"[:2000],
+                    retryable=not permanent,
+                    correlation_id=event.work.request_id,
+                ),
+            )
+            return
+        finally:
+            structlog.contextvars.unbind_contextvars("event_id", "request_id")
+        await publish_event(bus, result)
+
+    return handle
+
+
+def cache_path(cache_dir: Path, scope: str, lfn: str) -> Path:
+    """Where an edge keeps its copy of an input file (scope and LFN are checked names)."""
+    return cache_dir / "files" / scope / lfn
+
+
+def cache_usage(cache_dir: Path) -> int:
+    """Bytes the edge's cache holds, partial downloads and split outputs included."""
+    total = 0
+    for path in cache_dir.rglob("*"):
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except FileNotFoundError:
+            continue  # removed while we walked
+    return total

@@ -1,0 +1,73 @@
+"""Turning typed event handlers into bus handlers.
+
+`transactional` gives each message its own session: the handler changes the database and
+writes its outgoing events to the outbox; the commit happens here, the outbox is flushed after
+it, and only then does the bus ack the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.errors import BadMessage
+from ess_common.events import Event, parse_event
+from ess_common.messaging.bus import Delivery, Handler
+from ess_common.messaging.outbox import OutboxRelay
+
+log = structlog.get_logger("ess.handlers")
+
+E = TypeVar("E", bound=Event)
+
+
+def parse_for(delivery: Delivery, *accepted: type[Event]) -> Event:
+    event = parse_event(delivery.body)
+    if not isinstance(event, accepted):
+        raise BadMessage(f"queue {delivery.queue} does not take {event.routing_key()} events")
+    structlog.contextvars.bind_contextvars(
+        event_id=str(event.event_id), request_id=event.correlation_id
+    )
+    return event
+
+
+def event_handler(routes: dict[type[Any], Callable[[Any], Awaitable[None]]]) -> Handler:
+    """A bus handler that parses the event and calls the handler of its type."""
+
+    async def handle(delivery: Delivery) -> None:
+        event = parse_for(delivery, *routes)
+        try:
+            await routes[type(event)](event)
+        finally:
+            structlog.contextvars.unbind_contextvars("event_id", "request_id")
+
+    return handle
+
+
+def transactional(
+    sessions: SessionMaker,
+    relay: OutboxRelay,
+    routes: dict[type[Any], Callable[[AsyncSession, Any], Awaitable[None]]],
+) -> Handler:
+    async def handle(delivery: Delivery) -> None:
+        event = parse_for(delivery, *routes)
+        try:
+            async with unit_of_work(sessions) as session:
+                await routes[type(event)](session, event)
+        finally:
+            structlog.contextvars.unbind_contextvars("event_id", "request_id")
+        await flush_quietly(relay)
+
+    return handle
+
+
+async def flush_quietly(relay: OutboxRelay) -> None:
+    # The commit is done: a failed publish now is the relay loop's to repeat, not a reason
+    # to handle the message again.
+    try:
+        await relay.flush()
+    except Exception:
+        log.exception("outbox.flush_after_commit_failed")

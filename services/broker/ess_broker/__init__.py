@@ -1,0 +1,1 @@
+"""The broker: records requests, assigns files to edges, keeps the head's bookkeeping."""

@@ -1,0 +1,167 @@
+"""The head's record of edge results: cached files, split files and their ranges, failures.
+
+Every result names the assignment attempt it belongs to; a result of an older attempt (the
+file was moved to another edge meanwhile) changes nothing, so nothing is counted twice.
+When the last file of a request is split, `request.ready` goes to the outbox in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ess_common.db.models import File, FileStatus, Range, Request, RequestStatus, utcnow
+from ess_common.errors import BadMessage
+from ess_common.events import (
+    FileCached,
+    FileFailed,
+    FileWork,
+    RequestFailed,
+    RequestReady,
+    SplitDone,
+)
+from ess_common.messaging.outbox import add_event
+
+log = structlog.get_logger("ess.bookkeeping")
+
+_OPEN = (RequestStatus.RECEIVED, RequestStatus.ASSIGNED)
+
+
+async def _current_file(session: AsyncSession, work: FileWork) -> File | None:
+    """The file if this result is for its current attempt on this edge, else None (stale)."""
+    f = await session.get(File, work.file_id)
+    if f is None:
+        raise BadMessage(f"file {work.file_id} is unknown")
+    if f.request_id != work.request_id:
+        raise BadMessage(f"file {work.file_id} is not part of request {work.request_id}")
+    if f.attempt != work.attempt or f.edge != work.edge:
+        log.info("result.stale", file_id=f.id, attempt=work.attempt, current=f.attempt)
+        return None
+    return f
+
+
+async def _lock_request(session: AsyncSession, request_id: str) -> Request:
+    # Serialises the results of one request, so that exactly one of them sees the last file.
+    request = await session.scalar(
+        select(Request).where(Request.id == request_id).with_for_update()
+    )
+    if request is None:
+        raise BadMessage(f"request {request_id} is unknown")
+    return request
+
+
+def check_ranges(event: SplitDone) -> None:
+    expected = 1
+    for r in sorted(event.ranges, key=lambda r: r.first_event):
+        if r.first_event != expected:
+            raise BadMessage(f"ranges of file {event.work.file_id} leave a gap at {expected}")
+        expected = r.last_event + 1
+    if expected != event.work.file.n_events + 1:
+        raise BadMessage(
+            f"ranges of file {event.work.file_id} end at {expected - 1}, "
+            f"the file has {event.work.file.n_events} events"
+        )
+
+
+async def handle_file_cached(session: AsyncSession, event: FileCached) -> None:
+    await session.execute(
+        update(File)
+        .where(
+            File.id == event.work.file_id,
+            File.attempt == event.work.attempt,
+            File.edge == event.work.edge,
+            File.status == FileStatus.ASSIGNED,
+        )
+        .values(status=FileStatus.CACHED)
+    )
+
+
+async def handle_split_done(session: AsyncSession, event: SplitDone) -> None:
+    check_ranges(event)
+    request = await _lock_request(session, event.work.request_id)
+    f = await _current_file(session, event.work)
+    if f is None or f.status not in (FileStatus.ASSIGNED, FileStatus.CACHED):
+        return
+    f.status = FileStatus.SPLIT
+    session.add_all(
+        Range(
+            file_id=f.id,
+            request_id=f.request_id,
+            scope=f.scope,
+            lfn=f.lfn,
+            first_event=r.first_event,
+            last_event=r.last_event,
+            object_key=r.key,
+            size=r.size,
+            adler32=r.adler32,
+        )
+        for r in event.ranges
+    )
+    await session.flush()
+    log.info("file.split", file_id=f.id, ranges=len(event.ranges), edge=f.edge)
+    await _finish_if_complete(session, request)
+
+
+async def _finish_if_complete(session: AsyncSession, request: Request) -> None:
+    if request.status not in _OPEN:
+        return
+    unfinished = await session.scalar(
+        select(func.count())
+        .select_from(File)
+        .where(File.request_id == request.id, File.status != FileStatus.SPLIT)
+    )
+    if unfinished:
+        return
+    n_files, n_ranges = (
+        await session.execute(
+            select(func.count(func.distinct(Range.file_id)), func.count()).where(
+                Range.request_id == request.id
+            )
+        )
+    ).one()
+    request.status = RequestStatus.READY
+    request.ready_at = utcnow()
+    add_event(
+        session,
+        RequestReady(
+            request_id=request.id,
+            dataset=request.dataset,
+            idempotency_key=request.idempotency_key,
+            n_files=n_files,
+            n_ranges=n_ranges,
+            correlation_id=request.id,
+        ),
+    )
+    log.info("request.ready", request_id=request.id, files=n_files, ranges=n_ranges)
+
+
+async def handle_file_failed(
+    session: AsyncSession, event: FileFailed, *, max_file_attempts: int
+) -> None:
+    request = await _lock_request(session, event.work.request_id)
+    f = await _current_file(session, event.work)
+    if f is None or f.status not in (FileStatus.ASSIGNED, FileStatus.CACHED):
+        return
+    reason = f"{event.stage} on {event.work.edge}: {event.reason}"
+    if event.retryable and f.attempt < max_file_attempts:
+        # Back to the pool: the next sweep assigns it again, as a new attempt.
+        f.status, f.edge, f.error = FileStatus.PENDING, None, reason
+        log.warning("file.retry", file_id=f.id, attempt=f.attempt, reason=reason)
+        return
+    f.status, f.error = FileStatus.FAILED, reason
+    log.error("file.failed", file_id=f.id, reason=reason)
+    if request.status in _OPEN:
+        request.status = RequestStatus.FAILED
+        request.error = f"{f.scope}:{f.lfn}: {reason}"
+        add_event(
+            session,
+            RequestFailed(
+                request_id=request.id,
+                dataset=request.dataset,
+                idempotency_key=request.idempotency_key,
+                reason=request.error,
+                correlation_id=request.id,
+            ),
+        )

@@ -1,0 +1,50 @@
+"""Recording dead letters: every message any ESS queue gave up on, with its reason, and on the
+request it belongs to when that can be told."""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ess_common.db.models import DeadLetter, Request
+from ess_common.messaging.bus import QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, Delivery
+
+log = structlog.get_logger("ess.dead_letters")
+
+
+def _request_id(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    for candidate in (
+        data.get("request_id"),
+        (data.get("work") or {}).get("request_id") if isinstance(data.get("work"), dict) else None,
+        data.get("correlation_id"),
+    ):
+        if isinstance(candidate, str) and len(candidate) <= 36:
+            return candidate
+    return None
+
+
+async def record_dead_letter(session: AsyncSession, delivery: Delivery) -> None:
+    reason = str(delivery.headers.get(REASON_HEADER) or "no reason given")
+    queue = str(delivery.headers.get(QUEUE_HEADER) or delivery.routing_key)
+    request_id = _request_id(delivery.body)
+    request = await session.get(Request, request_id) if request_id else None
+    session.add(
+        DeadLetter(
+            queue=queue,
+            routing_key=str(delivery.headers.get(ROUTING_KEY_HEADER) or ""),
+            reason=reason,
+            request_id=request.id if request else None,
+            body=delivery.body.decode("utf-8", errors="replace")[:100_000],
+        )
+    )
+    if request is not None:
+        request.error = f"dead letter from {queue}: {reason}"[:4000]
+    log.warning("dead_letter.recorded", queue=queue, reason=reason, request_id=request_id)

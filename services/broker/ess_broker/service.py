@@ -1,0 +1,126 @@
+"""The broker daemon.
+
+Consumes `request.created`, `edge.heartbeat`, the edges' results (`file.cached.*`,
+`split.done.*`, `file.failed.*`) and every dead letter; produces `file.assigned.<edge>`,
+`request.ready` and `request.failed` through the outbox. A periodic sweep marks silent edges
+lost, moves their work and assigns what is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ess_broker.assignment import assign_pending, reclaim_lost_edges
+from ess_broker.bookkeeping import handle_file_cached, handle_file_failed, handle_split_done
+from ess_broker.dead_letters import record_dead_letter
+from ess_broker.edges import handle_heartbeat
+from ess_common.db.requests import as_spec, record_request
+from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.events import (
+    EdgeHeartbeat,
+    FileCached,
+    FileFailed,
+    RequestCreated,
+    SplitDone,
+)
+from ess_common.messaging.bus import Bus, Delivery, audit_queue, dead_exchange
+from ess_common.messaging.handlers import flush_quietly, transactional
+from ess_common.messaging.outbox import OutboxRelay
+from ess_common.runtime import every
+from ess_common.settings import HeadSettings
+
+log = structlog.get_logger("ess.broker")
+
+REQUESTS_QUEUE = "ess.broker.requests"
+HEARTBEATS_QUEUE = "ess.broker.heartbeats"
+RESULTS_QUEUE = "ess.broker.results"
+#: A file that failed this many assignments fails its request.
+MAX_FILE_ATTEMPTS = 3
+
+
+class Broker:
+    def __init__(self, settings: HeadSettings, bus: Bus, sessions: SessionMaker) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.sessions = sessions
+        self.relay = OutboxRelay(sessions, bus)
+        self.lost_after = timedelta(seconds=settings.edge_lost_after_s)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def handle_request_created(self, session: AsyncSession, event: RequestCreated) -> None:
+        request, created = await record_request(
+            session, as_spec(event), request_id=event.correlation_id
+        )
+        structlog.contextvars.bind_contextvars(request_id=request.id)
+        if created:
+            log.info("request.recorded", dataset=request.dataset, files=len(event.files))
+        await assign_pending(session, self.lost_after, request_id=request.id)
+
+    async def handle_heartbeat(self, session: AsyncSession, event: EdgeHeartbeat) -> None:
+        await handle_heartbeat(session, event)
+
+    async def handle_file_cached(self, session: AsyncSession, event: FileCached) -> None:
+        await handle_file_cached(session, event)
+
+    async def handle_split_done(self, session: AsyncSession, event: SplitDone) -> None:
+        await handle_split_done(session, event)
+
+    async def handle_file_failed(self, session: AsyncSession, event: FileFailed) -> None:
+        await handle_file_failed(session, event, max_file_attempts=MAX_FILE_ATTEMPTS)
+
+    async def handle_dead_letter(self, delivery: Delivery) -> None:
+        async with unit_of_work(self.sessions) as session:
+            await record_dead_letter(session, delivery)
+
+    async def sweep(self) -> None:
+        async with unit_of_work(self.sessions) as session:
+            await reclaim_lost_edges(session, self.lost_after)
+            await assign_pending(session, self.lost_after)
+        await flush_quietly(self.relay)
+
+    async def start(self) -> None:
+        await self.bus.consume(
+            REQUESTS_QUEUE,
+            ["request.created"],
+            transactional(self.sessions, self.relay, {RequestCreated: self.handle_request_created}),
+        )
+        await self.bus.consume(
+            HEARTBEATS_QUEUE,
+            ["edge.heartbeat"],
+            transactional(self.sessions, self.relay, {EdgeHeartbeat: self.handle_heartbeat}),
+        )
+        await self.bus.consume(
+            RESULTS_QUEUE,
+            ["file.cached.*", "split.done.*", "file.failed.*"],
+            transactional(
+                self.sessions,
+                self.relay,
+                {
+                    FileCached: self.handle_file_cached,
+                    SplitDone: self.handle_split_done,
+                    FileFailed: self.handle_file_failed,
+                },
+            ),
+        )
+        await self.bus.consume(
+            audit_queue(self.bus.exchange),
+            ["#"],
+            self.handle_dead_letter,
+            exchange=dead_exchange(self.bus.exchange),
+        )
+        self._tasks = [
+            asyncio.create_task(
+                every(self.settings.sweep_interval_s, self.sweep, "sweep"), name="broker-sweep"
+            ),
+            asyncio.create_task(self.relay.run(), name="broker-outbox"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

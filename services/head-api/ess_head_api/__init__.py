@@ -1,0 +1,1 @@
+"""The head API: requests from PanDA, lookups from pilots, status for operators."""

@@ -1,0 +1,1 @@
+"""The head API's routes, one module per resource."""

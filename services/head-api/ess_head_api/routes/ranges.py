@@ -1,0 +1,91 @@
+"""Pilot lookups: which prepared file(s) hold a PanDA event range, with signed URLs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from ess_common.errors import EssError
+from ess_head_api.lookup import answer
+from ess_head_api.schemas import LookupAnswer, Piece
+from ess_head_api.state import HeadState, head_state
+
+router = APIRouter(prefix="/v1", tags=["ranges"])
+State = Annotated[HeadState, Depends(head_state)]
+
+
+@router.get("/ranges", response_model=LookupAnswer)
+async def lookup_range(
+    state: State,
+    scope: str,
+    lfn: Annotated[str, Query(alias="LFN")],
+    start_event: Annotated[int, Query(alias="startEvent", ge=1)],
+    last_event: Annotated[int, Query(alias="lastEvent", ge=1)],
+) -> LookupAnswer:
+    """`startEvent` and `lastEvent` are 1-based, inclusive positions of events in the original
+    file (PanDA's in-file numbering). The answer lists every prepared file holding part of
+    the range, the events each holds, and how to number them within that file."""
+    async with state.sessions() as session:
+        return await answer(
+            session,
+            state.store,
+            state.settings.signed_url_ttl_s,
+            scope,
+            lfn,
+            start_event,
+            last_event,
+        )
+
+
+class PandaEventRange(BaseModel):
+    """An event range exactly as PanDA hands it to a pilot."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    event_range_id: str = Field(alias="eventRangeID")
+    lfn: str = Field(alias="LFN")
+    guid: str = Field(default="", alias="GUID")
+    scope: str
+    start_event: int = Field(alias="startEvent")
+    last_event: int = Field(alias="lastEvent")
+
+
+class BatchLookup(BaseModel):
+    event_ranges: list[PandaEventRange] = Field(alias="eventRanges", max_length=10_000)
+
+
+class RangeResult(BaseModel):
+    event_range_id: str = Field(serialization_alias="eventRangeID")
+    status: str = Field(description="`ok`, or `failed` with a reason")
+    reason: str | None = None
+    pieces: list[Piece] = []
+
+
+@router.post("/ranges/lookup", response_model=list[RangeResult], response_model_by_alias=True)
+async def lookup_ranges(body: BatchLookup, state: State) -> list[RangeResult]:
+    """One answer for a batch of PanDA event ranges; a range that cannot be served comes back
+    `failed` with the reason, never left out."""
+    results = []
+    async with state.sessions() as session:
+        for r in body.event_ranges:
+            try:
+                found = await answer(
+                    session,
+                    state.store,
+                    state.settings.signed_url_ttl_s,
+                    r.scope,
+                    r.lfn,
+                    r.start_event,
+                    r.last_event,
+                )
+            except EssError as exc:
+                results.append(
+                    RangeResult(event_range_id=r.event_range_id, status="failed", reason=str(exc))
+                )
+                continue
+            results.append(
+                RangeResult(event_range_id=r.event_range_id, status="ok", pieces=found.pieces)
+            )
+    return results

@@ -1,0 +1,25 @@
+"""What the routes share: settings, database sessions, the object store, the outbox relay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from ess_common.db.session import SessionMaker
+from ess_common.messaging.outbox import OutboxRelay
+from ess_common.settings import HeadSettings
+from ess_common.store.base import ObjectStore
+
+
+@dataclass
+class HeadState:
+    settings: HeadSettings
+    sessions: SessionMaker
+    store: ObjectStore
+    relay: OutboxRelay
+
+
+def head_state(request: Request) -> HeadState:
+    state: HeadState = request.app.state.head
+    return state

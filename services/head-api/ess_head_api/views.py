@@ -1,0 +1,91 @@
+"""Reading requests and edges out of the bookkeeping for the API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ess_common.db.models import Edge, EdgeStatus, File, Range, Request, utcnow
+from ess_head_api.schemas import EdgeView, FileProgress, RequestView
+
+
+async def request_view(session: AsyncSession, request: Request, *, with_files: bool) -> RequestView:
+    counts = dict(
+        (
+            await session.execute(
+                select(File.status, func.count())
+                .where(File.request_id == request.id)
+                .group_by(File.status)
+            )
+        )
+        .tuples()
+        .all()
+    )
+    ranges_per_file = dict(
+        (
+            await session.execute(
+                select(Range.file_id, func.count())
+                .where(Range.request_id == request.id)
+                .group_by(Range.file_id)
+            )
+        )
+        .tuples()
+        .all()
+    )
+    files = None
+    if with_files:
+        rows = (
+            await session.scalars(
+                select(File).where(File.request_id == request.id).order_by(File.id)
+            )
+        ).all()
+        files = [
+            FileProgress(
+                id=f.id,
+                scope=f.scope,
+                lfn=f.lfn,
+                status=f.status,
+                edge=f.edge,
+                attempt=f.attempt,
+                n_events=f.n_events,
+                ranges=ranges_per_file.get(f.id, 0),
+                error=f.error,
+            )
+            for f in rows
+        ]
+    return RequestView(
+        id=request.id,
+        dataset=request.dataset,
+        idempotency_key=request.idempotency_key,
+        status=request.status,
+        events_per_range=request.events_per_range,
+        priority=request.priority,
+        error=request.error,
+        created_at=request.created_at,
+        ready_at=request.ready_at,
+        files_total=sum(counts.values()),
+        files_by_status=counts,
+        ranges=sum(ranges_per_file.values()),
+        files=files,
+    )
+
+
+def edge_view(edge: Edge, lost_after: timedelta) -> EdgeView:
+    age = (utcnow() - edge.last_heartbeat).total_seconds()
+    return EdgeView(
+        name=edge.name,
+        site=edge.site,
+        region=edge.region,
+        url=edge.url,
+        status=edge.status,
+        alive=edge.status == EdgeStatus.ALIVE and age <= lost_after.total_seconds(),
+        last_heartbeat=edge.last_heartbeat,
+        seconds_since_heartbeat=round(age, 3),
+        quota_bytes=edge.quota_bytes,
+        free_bytes=edge.free_bytes,
+        queued=edge.queued,
+        load=edge.load,
+        version=edge.version,
+    )

@@ -1,0 +1,1 @@
+"""The notifier: tells PanDA, reliably and once, that a request is ready or failed."""

@@ -1,0 +1,42 @@
+"""`python -m ess_notifier`: run the notifier until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from ess_common.db.session import make_engine, make_session_maker
+from ess_common.logs import configure_logging
+from ess_common.messaging.factory import make_bus
+from ess_common.runtime import run_until_signalled
+from ess_common.settings import HeadSettings
+from ess_notifier.service import Notifier
+
+
+async def run(settings: HeadSettings) -> None:
+    engine = make_engine(settings.database_url)
+    bus = make_bus(settings)
+    async with httpx.AsyncClient(timeout=settings.callback_timeout_s) as http:
+        notifier = Notifier(settings, bus, make_session_maker(engine), http)
+
+        async def start() -> None:
+            await bus.start()
+            await notifier.start()
+
+        async def stop() -> None:
+            await notifier.stop()
+            await bus.close()
+            await engine.dispose()
+
+        await run_until_signalled(start, stop)
+
+
+def main() -> None:
+    settings = HeadSettings()
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

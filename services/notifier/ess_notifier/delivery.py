@@ -1,0 +1,45 @@
+"""Sending one notification: a message on the PanDA-facing exchange or an HTTP callback."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from ess_common.db.models import Notification
+from ess_common.errors import PermanentError, RetryableError
+from ess_common.messaging.bus import Bus
+
+MESSAGE = "message"
+HTTP = "http"
+
+
+async def send(notification: Notification, bus: Bus, http: httpx.AsyncClient) -> None:
+    body = json.dumps(notification.payload).encode()
+    if notification.kind == MESSAGE:
+        exchange, _, routing_key = notification.target.partition(":")
+        await bus.publish(
+            routing_key,
+            body,
+            exchange=exchange,
+            headers={"x-ess-notification-id": notification.id},
+        )
+        return
+    try:
+        response = await http.post(
+            notification.target,
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                # The receiver can drop a repeat after a crash between sending and recording.
+                "Idempotency-Key": f"ess-notification-{notification.id}",
+            },
+        )
+    except httpx.HTTPError as exc:
+        raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+    if response.status_code < 300:
+        return
+    reason = f"HTTP {response.status_code}: {response.text[:200]}"
+    if 400 <= response.status_code < 500 and response.status_code not in (408, 425, 429):
+        raise PermanentError(reason)
+    raise RetryableError(reason)

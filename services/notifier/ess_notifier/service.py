@@ -1,0 +1,153 @@
+"""The notifier daemon.
+
+Consumes `request.ready` and `request.failed`; records one notification per target (a message
+on the PanDA exchange, an HTTP callback) under a unique key, so a redelivered event adds
+nothing; then delivers the due ones, each claimed with `FOR UPDATE SKIP LOCKED` and marked
+sent in the same transaction. Failed callbacks are retried with backoff up to a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ess_common.db.models import Notification, NotificationStatus, Request, utcnow
+from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.errors import BadMessage, PermanentError
+from ess_common.events import RequestFailed, RequestReady
+from ess_common.messaging.bus import Bus
+from ess_common.messaging.dispatch import backoff
+from ess_common.messaging.handlers import transactional
+from ess_common.messaging.outbox import OutboxRelay
+from ess_common.runtime import every
+from ess_common.settings import HeadSettings
+from ess_notifier.delivery import HTTP, MESSAGE, send
+
+log = structlog.get_logger("ess.notifier")
+
+QUEUE = "ess.notifier"
+
+
+def payload(event: RequestReady | RequestFailed, request: Request) -> dict[str, Any]:
+    return {
+        "event": event.event_type,
+        "event_id": str(event.event_id),
+        "occurred_at": event.occurred_at.isoformat(),
+        "request_id": request.id,
+        "dataset": request.dataset,
+        "idempotency_key": request.idempotency_key,
+        "status": request.status,
+        **(
+            {"n_files": event.n_files, "n_ranges": event.n_ranges}
+            if isinstance(event, RequestReady)
+            else {"reason": event.reason}
+        ),
+    }
+
+
+class Notifier:
+    def __init__(
+        self, settings: HeadSettings, bus: Bus, sessions: SessionMaker, http: httpx.AsyncClient
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.sessions = sessions
+        self.http = http
+        self.relay = OutboxRelay(sessions, bus)
+        self._task: asyncio.Task[None] | None = None
+        # SQLite has no SKIP LOCKED: within one process, one delivery round at a time.
+        self._delivering = asyncio.Lock()
+
+    async def handle_request_event(
+        self, session: AsyncSession, event: RequestReady | RequestFailed
+    ) -> None:
+        request = await session.get(Request, event.request_id)
+        if request is None:
+            raise BadMessage(f"request {event.request_id} is unknown")
+        targets: list[tuple[str, str]] = []
+        if request.notify_message:
+            targets.append((MESSAGE, f"{self.settings.panda_exchange}:{event.event_type}"))
+        if request.callback_url:
+            targets.append((HTTP, request.callback_url))
+        body = payload(event, request)
+        for kind, target in targets:
+            try:
+                async with session.begin_nested():
+                    session.add(
+                        Notification(
+                            request_id=request.id,
+                            event=event.event_type,
+                            kind=kind,
+                            target=target,
+                            payload=body,
+                        )
+                    )
+            except IntegrityError:
+                log.info("notification.exists", kind=kind, target=target)
+
+    async def deliver_due(self) -> int:
+        """Send every notification that is due; returns how many were sent."""
+        sent = 0
+        async with self._delivering:
+            while True:
+                async with unit_of_work(self.sessions) as session:
+                    n = await session.scalar(
+                        select(Notification)
+                        .where(
+                            Notification.status == NotificationStatus.PENDING,
+                            Notification.next_attempt_at <= utcnow(),
+                        )
+                        .order_by(Notification.id)
+                        .limit(1)
+                        .with_for_update(skip_locked=True)
+                    )
+                    if n is None:
+                        return sent
+                    await self._attempt(n)
+                    sent += n.status == NotificationStatus.SENT
+
+    async def _attempt(self, n: Notification) -> None:
+        n.attempts += 1
+        try:
+            await send(n, self.bus, self.http)
+        except Exception as exc:
+            n.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            if isinstance(exc, PermanentError) or n.attempts >= self.settings.callback_max_attempts:
+                n.status = NotificationStatus.FAILED
+                log.error("notification.failed", id=n.id, target=n.target, reason=n.last_error)
+            else:
+                delay = backoff(n.attempts, self.settings.retry_backoff_s, cap_s=300)
+                n.next_attempt_at = utcnow() + timedelta(seconds=delay)
+                log.warning("notification.retry", id=n.id, target=n.target, delay_s=delay)
+            return
+        n.status, n.sent_at, n.last_error = NotificationStatus.SENT, utcnow(), None
+        log.info("notification.sent", id=n.id, kind=n.kind, target=n.target)
+
+    async def start(self) -> None:
+        handler = transactional(
+            self.sessions,
+            self.relay,
+            {RequestReady: self.handle_request_event, RequestFailed: self.handle_request_event},
+        )
+
+        async def handle_then_deliver(delivery: Any) -> None:
+            await handler(delivery)
+            await self.deliver_due()
+
+        await self.bus.consume(QUEUE, ["request.ready", "request.failed"], handle_then_deliver)
+        self._task = asyncio.create_task(
+            every(self.settings.sweep_interval_s, self.deliver_due, "deliver"),
+            name="notifier-deliver",
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

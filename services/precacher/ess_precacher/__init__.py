@@ -1,0 +1,1 @@
+"""The precacher: fetches an edge's assigned files into its cache and verifies them."""

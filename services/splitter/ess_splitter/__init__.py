@@ -1,0 +1,1 @@
+"""The splitter: cuts an edge's cached files into event-range files in the object store."""

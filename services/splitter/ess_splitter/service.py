@@ -1,0 +1,87 @@
+"""The splitter daemon of one edge.
+
+Consumes `file.cached.<edge>`; cuts the cached file into ranges of the request's size,
+uploads each under its deterministic key and emits `split.done.<edge>` with every range, its
+key, size and adler32. A file that cannot be split faithfully is reported as failed for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+import structlog
+
+from ess_common.edge_work import cache_path, cached_queue, work_handler
+from ess_common.errors import PermanentError, RetryableError
+from ess_common.events import FileCached, RangeInfo, SplitDone
+from ess_common.messaging.bus import Bus
+from ess_common.settings import EdgeSettings
+from ess_common.store.base import ObjectStore, range_key
+from ess_splitter.rootsplit import SplitError, split_root_file
+
+log = structlog.get_logger("ess.splitter")
+
+
+class Splitter:
+    def __init__(self, settings: EdgeSettings, bus: Bus, store: ObjectStore) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.cache_dir = settings.edge_cache_dir
+        self.workers = max(1, (os.cpu_count() or 1) // 2)
+
+    async def handle_file_cached(self, event: FileCached) -> SplitDone:
+        work, f = event.work, event.work.file
+        # The path is derived here, not taken from the message: it must be in our cache.
+        source = cache_path(self.cache_dir, f.scope, f.lfn)
+        if not source.is_file():
+            raise RetryableError(f"{source} is no longer in the cache")
+        out_dir = self.cache_dir / "split" / f"f{work.file_id}.a{work.attempt}"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        try:
+            try:
+                pieces = await asyncio.to_thread(
+                    split_root_file, source, out_dir, work.events_per_range, n_events=f.n_events
+                )
+            except SplitError as exc:
+                raise PermanentError(str(exc)) from exc
+            ranges = []
+            for piece in pieces:
+                key = range_key(
+                    f.scope,
+                    f.lfn,
+                    work.events_per_range,
+                    work.file_id,
+                    work.attempt,
+                    piece.first_event,
+                    piece.last_event,
+                )
+                await self.store.put_file(key, piece.path)
+                ranges.append(
+                    RangeInfo(
+                        first_event=piece.first_event,
+                        last_event=piece.last_event,
+                        key=key,
+                        size=piece.size,
+                        adler32=piece.adler32,
+                    )
+                )
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        log.info("file.split", lfn=f.lfn, ranges=len(ranges))
+        return SplitDone(work=work, ranges=ranges, correlation_id=event.correlation_id)
+
+    async def start(self) -> None:
+        await self.bus.consume(
+            cached_queue(self.settings.edge_name),
+            [f"file.cached.{self.settings.edge_name}"],
+            work_handler(
+                self.bus, FileCached, "split", self.settings.max_attempts, self.handle_file_cached
+            ),
+            prefetch=self.workers,
+        )
+
+    async def stop(self) -> None:
+        return None
