@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 CHUNK = 1 << 20
+_HEX32 = re.compile(r"[0-9a-f]{1,8}")
 
 
 def adler32_hex(value: int) -> str:
@@ -30,7 +32,12 @@ def adler32_of_file(path: Path) -> str:
 
 
 def normalise_adler32(value: str) -> str:
-    """Rucio writes adler32 as 8 hex digits, some catalogues drop leading zeros."""
+    """Rucio writes adler32 as 8 hex digits, some catalogues drop leading zeros.
+
+    Raises ValueError for anything but 1 to 8 hex digits (`int(.., 16)` alone would take a
+    sign, underscores and more than 32 bits).
+    """
     text = value.strip().lower().removeprefix("0x")
-    int(text, 16)
+    if not _HEX32.fullmatch(text):
+        raise ValueError(f"adler32 {value!r} is not 1 to 8 hexadecimal digits")
     return text.zfill(8)

@@ -23,20 +23,21 @@ log = structlog.get_logger("ess.edge_work")
 W = TypeVar("W", FileAssigned, FileCached)
 
 
-def assigned_queue(edge: str) -> str:
-    return f"ess.edge.{edge}.assigned"
+def assigned_queue(exchange: str, edge: str) -> str:
+    return f"{exchange}.edge.{edge}.assigned"
 
 
-def cached_queue(edge: str) -> str:
-    return f"ess.edge.{edge}.cached"
+def cached_queue(exchange: str, edge: str) -> str:
+    return f"{exchange}.edge.{edge}.cached"
 
 
-def edge_queues(edge: str) -> dict[str, list[str]]:
+def edge_queues(exchange: str, edge: str) -> dict[str, list[str]]:
     """Every queue of one edge with its bindings; declared before the edge's first heartbeat
-    so that no work sent to it is unroutable."""
+    so that no work sent to it is unroutable. Queue names start with the exchange's, so that
+    deployments sharing a RabbitMQ virtual host stay apart."""
     return {
-        assigned_queue(edge): [f"file.assigned.{edge}"],
-        cached_queue(edge): [f"file.cached.{edge}"],
+        assigned_queue(exchange, edge): [f"file.assigned.{edge}"],
+        cached_queue(exchange, edge): [f"file.cached.{edge}"],
     }
 
 

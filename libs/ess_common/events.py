@@ -182,6 +182,15 @@ class RangeInfo(Contract):
     size: int = Field(gt=0)
     adler32: str
 
+    @field_validator("adler32")
+    @classmethod
+    def _adler32(cls, value: str) -> str:
+        # Compared with what the pilot computes after download, so normalised like a file's.
+        try:
+            return normalise_adler32(value)
+        except ValueError as exc:
+            raise ValueError(f"adler32 {value!r} is not hexadecimal") from exc
+
     @model_validator(mode="after")
     def _ordered(self) -> RangeInfo:
         if self.last_event < self.first_event:

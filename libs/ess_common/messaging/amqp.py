@@ -128,7 +128,16 @@ class AmqpBus:
             durable=True,
             arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue},
         )
-        dead_queue = await channel.declare_queue(f"{queue}.dead", durable=True)
+        # Declared with the arguments `_declare` gives every queue, so that consuming a
+        # dead-letter queue (it is a queue like any other) redeclares it without a conflict.
+        dead_queue = await channel.declare_queue(
+            f"{queue}.dead",
+            durable=True,
+            arguments={
+                "x-dead-letter-exchange": dead,
+                "x-dead-letter-routing-key": f"{queue}.dead",
+            },
+        )
         await dead_queue.bind(dead, queue)
         for key in bindings:
             await declared.bind(exchange, key)
@@ -189,6 +198,9 @@ class AmqpBus:
                             ROUTING_KEY_HEADER: routing_key,
                         }
                     )
+                    # Whoever consumes the dead letter has its own attempts; the reason
+                    # already says how many were spent here.
+                    headers.pop(ATTEMPT_HEADER, None)
                     await self.publish(
                         queue, message.body, exchange=dead_exchange(self.exchange), headers=headers
                     )

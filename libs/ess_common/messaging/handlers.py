@@ -25,7 +25,13 @@ E = TypeVar("E", bound=Event)
 
 
 def parse_for(delivery: Delivery, *accepted: type[Event]) -> Event:
-    event = parse_event(delivery.body)
+    # A queue that takes one kind of event reads it without needing `event_type` in the
+    # body: PanDA may publish a bare request on `request.created`.
+    event = (
+        accepted[0].model_validate_json(delivery.body)
+        if len(accepted) == 1
+        else parse_event(delivery.body)
+    )
     if not isinstance(event, accepted):
         raise BadMessage(f"queue {delivery.queue} does not take {event.routing_key()} events")
     structlog.contextvars.bind_contextvars(

@@ -28,17 +28,21 @@ log = structlog.get_logger("ess.memory_bus")
 
 
 def topic_pattern(binding: str) -> re.Pattern[str]:
-    """AMQP topic matching: `*` is one word, `#` is zero or more words."""
+    """AMQP topic matching: `*` is one word, `#` is zero or more words.
+
+    Each word brings its own separator, a dot or the start of the key, so that a `#` that
+    takes no words takes no dot either, wherever it stands (`#.a` matches `a`).
+    """
+    sep = r"(?:\A|\.)"
     parts = []
     for word in binding.split("."):
         if word == "#":
-            parts.append(r"(?:[^.]+(?:\.[^.]+)*)?")
+            parts.append(f"(?:{sep}[^.]+)*")
         elif word == "*":
-            parts.append(r"[^.]+")
+            parts.append(f"{sep}[^.]+")
         else:
-            parts.append(re.escape(word))
-    pattern = r"\.".join(parts).replace(r"\.(?:[^.]+(?:\.[^.]+)*)?", r"(?:\.[^.]+)*")
-    return re.compile(f"^{pattern}$")
+            parts.append(sep + re.escape(word))
+    return re.compile(r"\A(?!\.)" + "".join(parts) + r"\Z")
 
 
 @dataclass
@@ -77,8 +81,9 @@ class MemoryBus:
     def _bind(self, queue: str, exchange: str, bindings: Sequence[str]) -> _Queue:
         q = self._queues.setdefault(queue, _Queue(queue))
         for key in bindings:
-            if (exchange, key) not in [(e, p.pattern) for e, p in q.bindings]:
-                q.bindings.append((exchange, topic_pattern(key)))
+            pattern = topic_pattern(key)
+            if (exchange, pattern.pattern) not in [(e, p.pattern) for e, p in q.bindings]:
+                q.bindings.append((exchange, pattern))
         return q
 
     async def depth(self, queue: str) -> int:
@@ -95,9 +100,13 @@ class MemoryBus:
         expiration_s: float | None = None,
     ) -> None:
         target = exchange or self.exchange
+        given = dict(headers or {})
+        # As the RabbitMQ bus reads a delivery: a dead letter keeps the key it first had.
+        key = str(given.get(ROUTING_KEY_HEADER) or routing_key)
+        attempt = int(str(given.get(ATTEMPT_HEADER) or 1))
         for q in self._queues.values():
             if any(e == target and p.match(routing_key) for e, p in q.bindings):
-                q.items.put_nowait(Delivery(q.name, routing_key, body, dict(headers or {})))
+                q.items.put_nowait(Delivery(q.name, key, body, dict(given), attempt))
 
     async def declare(self, queue: str, bindings: Sequence[str]) -> None:
         self._bind(queue, self.exchange, bindings)
@@ -140,7 +149,11 @@ class MemoryBus:
                         q.name,
                         delivery.routing_key,
                         delivery.body,
-                        {**delivery.headers, ATTEMPT_HEADER: delivery.attempt + 1},
+                        {
+                            **delivery.headers,
+                            ATTEMPT_HEADER: delivery.attempt + 1,
+                            ROUTING_KEY_HEADER: delivery.routing_key,
+                        },
                         delivery.attempt + 1,
                     )
                     self._spawn(self._later(outcome.delay_s, q, again), f"retry:{q.name}")
@@ -153,6 +166,9 @@ class MemoryBus:
                         QUEUE_HEADER: q.name,
                         ROUTING_KEY_HEADER: delivery.routing_key,
                     }
+                    # Whoever consumes the dead letter has its own attempts; the reason
+                    # already says how many were spent here.
+                    headers.pop(ATTEMPT_HEADER, None)
                     await self.publish(
                         q.name,
                         delivery.body,

@@ -35,9 +35,6 @@ from ess_common.settings import HeadSettings
 
 log = structlog.get_logger("ess.broker")
 
-REQUESTS_QUEUE = "ess.broker.requests"
-HEARTBEATS_QUEUE = "ess.broker.heartbeats"
-RESULTS_QUEUE = "ess.broker.results"
 #: A file that failed this many assignments fails its request.
 MAX_FILE_ATTEMPTS = 3
 
@@ -84,17 +81,17 @@ class Broker:
 
     async def start(self) -> None:
         await self.bus.consume(
-            REQUESTS_QUEUE,
+            f"{self.bus.exchange}.broker.requests",
             ["request.created"],
             transactional(self.sessions, self.relay, {RequestCreated: self.handle_request_created}),
         )
         await self.bus.consume(
-            HEARTBEATS_QUEUE,
+            f"{self.bus.exchange}.broker.heartbeats",
             ["edge.heartbeat"],
             transactional(self.sessions, self.relay, {EdgeHeartbeat: self.handle_heartbeat}),
         )
         await self.bus.consume(
-            RESULTS_QUEUE,
+            f"{self.bus.exchange}.broker.results",
             ["file.cached.*", "split.done.*", "file.failed.*"],
             transactional(
                 self.sessions,

@@ -25,7 +25,7 @@ async def make_heartbeat(settings: EdgeSettings, bus: Bus) -> EdgeHeartbeat:
     used = await asyncio.to_thread(cache_usage, cache)
     disk_free = shutil.disk_usage(cache).free
     queued = 0
-    for queue in edge_queues(settings.edge_name):
+    for queue in edge_queues(bus.exchange, settings.edge_name):
         queued += await bus.depth(queue)
     return EdgeHeartbeat(
         edge=settings.edge_name,

@@ -29,7 +29,7 @@ class Edge:
 
     async def start(self) -> None:
         self.settings.edge_cache_dir.mkdir(parents=True, exist_ok=True)
-        for queue, bindings in edge_queues(self.settings.edge_name).items():
+        for queue, bindings in edge_queues(self.bus.exchange, self.settings.edge_name).items():
             await self.bus.declare(queue, bindings)
         for child in self.children:
             child.start()

@@ -32,8 +32,6 @@ from ess_notifier.delivery import HTTP, MESSAGE, send
 
 log = structlog.get_logger("ess.notifier")
 
-QUEUE = "ess.notifier"
-
 
 def payload(event: RequestReady | RequestFailed, request: Request) -> dict[str, Any]:
     return {
@@ -141,7 +139,11 @@ class Notifier:
             await handler(delivery)
             await self.deliver_due()
 
-        await self.bus.consume(QUEUE, ["request.ready", "request.failed"], handle_then_deliver)
+        await self.bus.consume(
+            f"{self.bus.exchange}.notifier",
+            ["request.ready", "request.failed"],
+            handle_then_deliver,
+        )
         self._task = asyncio.create_task(
             every(self.settings.sweep_interval_s, self.deliver_due, "deliver"),
             name="notifier-deliver",

@@ -59,7 +59,7 @@ async def fetch_s3(url: str, target: Path, settings: EdgeSettings) -> None:
             raise RetryableError(f"{url}: {exc}") from exc
         with target.open("wb") as out:
             async with response["Body"] as body:
-                async for chunk in body.content.iter_chunked(CHUNK):
+                async for chunk in body.iter_chunks(CHUNK):
                     out.write(chunk)
 
 

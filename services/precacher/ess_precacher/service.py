@@ -78,7 +78,7 @@ class Precacher:
     async def start(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         await self.bus.consume(
-            assigned_queue(self.settings.edge_name),
+            assigned_queue(self.bus.exchange, self.settings.edge_name),
             [f"file.assigned.{self.settings.edge_name}"],
             work_handler(
                 self.bus,

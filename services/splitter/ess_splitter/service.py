@@ -75,7 +75,7 @@ class Splitter:
 
     async def start(self) -> None:
         await self.bus.consume(
-            cached_queue(self.settings.edge_name),
+            cached_queue(self.bus.exchange, self.settings.edge_name),
             [f"file.cached.{self.settings.edge_name}"],
             work_handler(
                 self.bus, FileCached, "split", self.settings.max_attempts, self.handle_file_cached

@@ -1,0 +1,155 @@
+"""Running ESS as it is deployed: every service its own OS process, on the real servers.
+
+Also the PanDA side of the boundary: a queue on the PanDA-facing exchange and an HTTP
+endpoint that records callbacks, and a file server for http:// sources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from tests.helpers import eventually
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Cluster:
+    """The ESS processes of one test, with the environment they share."""
+
+    workdir: Path
+    env: dict[str, str]
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def head_url(self) -> str:
+        return self.env["ESS_HEAD_URL"]
+
+    def start(self, name: str, module: str, **extra: str) -> Service:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env={**self.env, **extra},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        service = Service(name, process, log)
+        self.services[name] = service
+        return service
+
+    def start_edge(self, name: str) -> Service:
+        cache = self.workdir / f"cache-{name}"
+        return self.start(
+            name,
+            "ess_edge",
+            ESS_EDGE_NAME=name,
+            ESS_EDGE_CACHE_DIR=str(cache),
+            ESS_EDGE_SITE=f"site-{name}",
+            ESS_EDGE_REGION="region-1",
+        )
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> int:
+        service = self.services.pop(name)
+        if service.process.poll() is None:
+            # The whole process group: an edge's workers go with it.
+            os.killpg(service.process.pid, sig)
+            try:
+                service.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(service.process.pid, signal.SIGKILL)
+                service.process.wait()
+        return service.process.returncode
+
+    def stop_all(self) -> None:
+        for name in list(self.services):
+            self.stop(name)
+
+    def logs(self) -> str:
+        parts = []
+        for path in sorted(self.workdir.glob("*.log")):
+            parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
+
+    def check_running(self) -> None:
+        for service in self.services.values():
+            code = service.process.poll()
+            if code is not None:
+                raise AssertionError(f"{service.name} exited with {code}\n{self.logs()}")
+
+    async def wait_healthy(self) -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+
+            async def answers() -> bool:
+                self.check_running()
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await client.get(f"{self.head_url}/readyz")).status_code == 200
+                return False
+
+            await eventually(answers, timeout=60, message="head API answers /readyz")
+
+    async def wait_edges(self, names: set[str]) -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+
+            async def alive() -> bool:
+                self.check_running()
+                edges = (await client.get(f"{self.head_url}/v1/edges")).json()
+                return {e["name"] for e in edges if e["alive"]} >= names
+
+            await eventually(alive, timeout=60, message=f"edges {names} heartbeat")
+
+
+class PandaEndpoint:
+    """What PanDA would run: an HTTP endpoint taking callbacks; also serves source files."""
+
+    def __init__(self, files_dir: Path) -> None:
+        self.files_dir = files_dir
+        self.callbacks: list[dict[str, Any]] = []
+        self.idempotency_keys: list[str] = []
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        self.callbacks.append(json.loads(await request.read()))
+        self.idempotency_keys.append(request.headers.get("Idempotency-Key", ""))
+        return web.json_response({"ok": True})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/callback", self._callback)
+        app.router.add_static("/files/", self.files_dir)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,116 @@
+"""Helpers shared by the tests: waiting for an outcome with a deadline (never a fixed sleep),
+and the settings of the test servers that fixtures hand out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar, overload
+
+from ess_common.store.s3 import S3Store
+
+T = TypeVar("T")
+
+#: Long enough for a loaded CI machine, short enough that a broken test fails quickly.
+DEFAULT_TIMEOUT_S = 10.0
+
+
+@overload
+async def eventually(
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = DEFAULT_TIMEOUT_S,  # noqa: ASYNC109 - the polling deadline, by design
+    interval: float = 0.05,
+    *,
+    message: str = "",
+) -> T: ...
+
+
+@overload
+async def eventually(
+    predicate: Callable[[], T],
+    timeout: float = DEFAULT_TIMEOUT_S,  # noqa: ASYNC109 - the polling deadline, by design
+    interval: float = 0.05,
+    *,
+    message: str = "",
+) -> T: ...
+
+
+async def eventually(
+    predicate: Callable[[], object],
+    timeout: float = DEFAULT_TIMEOUT_S,  # noqa: ASYNC109 - the polling deadline, by design
+    interval: float = 0.05,
+    *,
+    message: str = "",
+) -> object:
+    """Poll `predicate` (sync or async) until it returns something truthy, and return that.
+
+    Raises AssertionError naming the predicate, the message and the last value it returned
+    when `timeout` seconds pass first. Exceptions of the predicate itself propagate.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    polls = 0
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        polls += 1
+        if result:
+            return result
+        if loop.time() >= deadline:
+            what = message or getattr(predicate, "__qualname__", None) or repr(predicate)
+            raise AssertionError(
+                f"not true within {timeout}s ({polls} polls): {what}; last value {result!r}"
+            )
+        await asyncio.sleep(interval)
+
+
+class UniqueNames:
+    """`unique("broker")` -> `"broker-3f2a9c01d4e5"`: names no other test (or run) uses.
+
+    Remembers what it made, so the bus fixture can delete queues of those names afterwards.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, name: str) -> str:
+        made = f"{name}-{uuid.uuid4().hex[:12]}"
+        self.names.append(made)
+        return made
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the test S3 server is and how to log in (`ESS_TEST_S3_*`)."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str
+
+    def store(self, bucket: str, *, prefix: str = "", create_bucket: bool = True) -> S3Store:
+        """An S3Store on this server; not started."""
+        return S3Store(
+            bucket,
+            prefix=prefix,
+            endpoint_url=self.endpoint_url,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+            create_bucket=create_bucket,
+        )
+
+    def env(self, bucket: str, *, prefix: str = "") -> dict[str, str]:
+        """The `ESS_*` variables that point a service (`make_store`) at a bucket of this server."""
+        return {
+            "ESS_STORE_URL": f"s3://{bucket}/{prefix}".rstrip("/"),
+            "ESS_S3_ENDPOINT_URL": self.endpoint_url,
+            "ESS_S3_ACCESS_KEY": self.access_key,
+            "ESS_S3_SECRET_KEY": self.secret_key,
+            "ESS_S3_REGION": self.region,
+        }
