@@ -37,6 +37,7 @@ def free_port() -> int:
 def embedded_settings(
     workdir: Path, port: int, edges: int = 2
 ) -> tuple[HeadSettings, list[EdgeSettings]]:
+    workdir.mkdir(parents=True, exist_ok=True)
     common = {
         "database_url": f"sqlite+aiosqlite:///{workdir / 'ess.db'}",
         "bus_url": "memory://",

@@ -60,3 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging("console", args.log_level)
     args.run(args)
+
+
+if __name__ == "__main__":
+    main()

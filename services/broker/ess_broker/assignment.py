@@ -42,16 +42,14 @@ async def live_candidates(session: AsyncSession, lost_after: timedelta) -> list[
     ).all()
     if not edges:
         return []
-    promised = dict(
+    promised: dict[str | None, int] = dict(
         (
             await session.execute(
                 select(File.edge, func.coalesce(func.sum(File.size), 0))
                 .where(File.status.in_(_IN_FLIGHT), File.edge.in_([e.name for e in edges]))
                 .group_by(File.edge)
             )
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     return [
         Candidate(
@@ -109,7 +107,7 @@ async def assign_pending(
     )
     if request_id is not None:
         query = query.where(File.request_id == request_id)
-    rows = (await session.execute(query)).tuples().all()
+    rows = (await session.execute(query)).all()
     taken: dict[str, int] = defaultdict(int)
     assigned = 0
     touched: set[str] = set()

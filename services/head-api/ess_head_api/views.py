@@ -12,27 +12,23 @@ from ess_head_api.schemas import EdgeView, FileProgress, RequestView
 
 
 async def request_view(session: AsyncSession, request: Request, *, with_files: bool) -> RequestView:
-    counts = dict(
+    counts: dict[str, int] = dict(
         (
             await session.execute(
                 select(File.status, func.count())
                 .where(File.request_id == request.id)
                 .group_by(File.status)
             )
-        )
-        .tuples()
-        .all()
+        ).all()
     )
-    ranges_per_file = dict(
+    ranges_per_file: dict[int, int] = dict(
         (
             await session.execute(
                 select(Range.file_id, func.count())
                 .where(Range.request_id == request.id)
                 .group_by(Range.file_id)
             )
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     files = None
     if with_files:
