@@ -32,6 +32,14 @@ class NotFound(PermanentError):
         self.key = key
 
 
+class Unauthorized(PermanentError):
+    """No credentials, or credentials that are not valid."""
+
+
+class Forbidden(PermanentError):
+    """Valid credentials that do not allow this (or a signature that does not match)."""
+
+
 class Conflict(PermanentError):
     """The request contradicts what is already recorded."""
 

@@ -6,7 +6,10 @@ setting stops the process at start with a readable message.
 
 from __future__ import annotations
 
+import re
 import secrets
+import shlex
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +19,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 _BUS_SCHEMES = ("amqp://", "amqps://", "memory://")
 _STORE_SCHEMES = ("s3://", "file://")
 _DB_SCHEMES = ("postgresql+asyncpg://", "sqlite+aiosqlite://")
+# uproot's level ranges: zlib and lzma 1-9, lz4 1-12, zstd 1-22.
+_SPLIT_COMPRESSION = re.compile(
+    r"source|none|(zlib|lzma):[1-9]|lz4:([1-9]|1[0-2])|zstd:([1-9]|1[0-9]|2[0-2])"
+)
+# The same names ess_splitter.command substitutes; the splitter checks the template again.
+_SPLIT_COMMAND_PLACEHOLDERS = frozenset(
+    {"input", "output", "first_event", "last_event", "skip_events", "n_events"}
+)
 
 
 class EssSettings(BaseSettings):
@@ -88,3 +99,56 @@ class EdgeSettings(EssSettings):
     edge_url: str | None = None
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     download_timeout_s: float = Field(default=600.0, gt=0)
+    #: A file whose event trees uproot cannot write back unchanged is delivered "whole" as
+    #: one range, or "fail"s naming the tree, branch and type.
+    split_unsplittable: Literal["whole", "fail"] = "whole"
+    #: Objects besides the event trees that cannot be carried into the range files are left
+    #: out and reported ("skip"), or make the file "unsplittable" (then split_unsplittable).
+    split_uncarried: Literal["skip", "unsplittable"] = "skip"
+    #: Compression of the range files: "source" (the input's), "none" or <algorithm>:<level>
+    #: with algorithm zlib, lzma (levels 1-9), lz4 (1-12) or zstd (1-22).
+    split_compression: str = "source"
+    #: A command run per range instead of uproot, e.g. "skim {input} {output} {skip_events}
+    #: {n_events}"; placeholders {input}, {output}, {first_event}, {last_event} (1-based),
+    #: {skip_events}, {n_events}. Split like a shell would, never run through one.
+    split_command: str | None = None
+    split_command_timeout_s: float = Field(default=600.0, gt=0)
+
+    @field_validator("split_compression")
+    @classmethod
+    def _split_compression(cls, value: str) -> str:
+        normalised = value.strip().lower()
+        if not _SPLIT_COMPRESSION.fullmatch(normalised):
+            raise ValueError(
+                f"ESS_SPLIT_COMPRESSION {value!r} must be 'source', 'none' or <algorithm>:<level>"
+                " with zlib:1-9, lzma:1-9, lz4:1-12 or zstd:1-22"
+            )
+        return normalised
+
+    @field_validator("split_command")
+    @classmethod
+    def _split_command(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            found = [
+                (name, bool(spec or conversion))
+                for argument in shlex.split(value)
+                for _, name, spec, conversion in string.Formatter().parse(argument)
+                if name is not None
+            ]
+        except ValueError as exc:
+            raise ValueError(f"ESS_SPLIT_COMMAND {value!r} does not parse: {exc}") from exc
+        unknown = {
+            name
+            for name, formatted in found
+            if formatted or name not in _SPLIT_COMMAND_PLACEHOLDERS
+        }
+        if unknown:
+            raise ValueError(
+                f"ESS_SPLIT_COMMAND has unknown placeholders {sorted(unknown)}; known are "
+                f"{sorted(_SPLIT_COMMAND_PLACEHOLDERS)} (write {{{{ and }}}} for literal braces)"
+            )
+        if not {"input", "output"} <= {name for name, _ in found}:
+            raise ValueError("ESS_SPLIT_COMMAND must use both {input} and {output}")
+        return value

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from ess_common.errors import NotFound, PermanentError
+from ess_common.errors import Forbidden, NotFound
 from ess_common.store.base import check_key
 
 
@@ -25,9 +25,9 @@ def sign(secret: bytes, key: str, expires: int) -> str:
 
 def verify(secret: bytes, key: str, expires: int, signature: str) -> None:
     if expires < time.time():
-        raise PermanentError("signed URL has expired")
+        raise Forbidden("signed URL has expired")
     if not hmac.compare_digest(sign(secret, key, expires), signature):
-        raise PermanentError("signed URL signature does not match")
+        raise Forbidden("signed URL signature does not match")
 
 
 class LocalStore:

@@ -119,11 +119,18 @@ async def assign_pending(
         edge = choose_edge(f"{f.scope}:{f.lfn}", f.size, pool)
         if edge is None:
             continue
+        # Compare-and-set: SQLite has no SKIP LOCKED, so another assigner (the sweep, a
+        # `request.created` handler) may have claimed the file since it was read.
+        claimed = await session.execute(
+            update(File)
+            .where(File.id == f.id, File.status == FileStatus.PENDING, File.attempt == f.attempt)
+            .values(status=FileStatus.ASSIGNED, edge=edge.name, attempt=f.attempt + 1, error=None)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        await session.refresh(f)
         taken[edge.name] += f.size
-        f.status = FileStatus.ASSIGNED
-        f.edge = edge.name
-        f.attempt += 1
-        f.error = None
         add_event(session, FileAssigned(work=file_work(request, f), correlation_id=request.id))
         touched.add(request.id)
         assigned += 1

@@ -32,8 +32,10 @@ async def handle_heartbeat(session: AsyncSession, beat: EdgeHeartbeat) -> None:
         except IntegrityError:
             edge = await session.get(Edge, beat.edge, with_for_update=True)
             assert edge is not None
-    if edge.last_heartbeat > beat.occurred_at:
-        return  # an older heartbeat that arrived late says nothing new
+    # No "older than the last one" check: `last_heartbeat` is the head's clock, `occurred_at`
+    # the edge's, and an edge whose clock runs behind would have every heartbeat after its
+    # first ignored, go lost and never come back. Heartbeats expire in the queue, so a late
+    # one is at most seconds old; the next one corrects what it says.
     if edge.status == EdgeStatus.LOST:
         # Back from the dead: it gets new work only; its old files were already moved.
         edge.status = EdgeStatus.ALIVE

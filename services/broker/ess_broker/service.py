@@ -9,6 +9,7 @@ lost, moves their work and assigns what is pending.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 import structlog
@@ -18,6 +19,7 @@ from ess_broker.assignment import assign_pending, reclaim_lost_edges
 from ess_broker.bookkeeping import handle_file_cached, handle_file_failed, handle_split_done
 from ess_broker.dead_letters import record_dead_letter
 from ess_broker.edges import handle_heartbeat
+from ess_common.db.models import Request
 from ess_common.db.requests import as_spec, record_request
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import (
@@ -50,12 +52,23 @@ class Broker:
 
     async def handle_request_created(self, session: AsyncSession, event: RequestCreated) -> None:
         request, created = await record_request(
-            session, as_spec(event), request_id=event.correlation_id
+            session, as_spec(event), request_id=await self._new_request_id(session, event)
         )
         structlog.contextvars.bind_contextvars(request_id=request.id)
         if created:
             log.info("request.recorded", dataset=request.dataset, files=len(event.files))
         await assign_pending(session, self.lost_after, request_id=request.id)
+
+    @staticmethod
+    async def _new_request_id(session: AsyncSession, event: RequestCreated) -> str | None:
+        """The correlation id names a new request when it can: PanDA may set any string (too
+        long for an id, or shared by several of its requests), which must not stop the
+        request from being recorded."""
+        try:
+            candidate = str(uuid.UUID(event.correlation_id or ""))
+        except ValueError:
+            return None
+        return None if await session.get(Request, candidate) is not None else candidate
 
     async def handle_heartbeat(self, session: AsyncSession, event: EdgeHeartbeat) -> None:
         await handle_heartbeat(session, event)

@@ -5,13 +5,23 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ess_common.errors import Conflict, EssError, NotFound, PermanentError, RetryableError
+from ess_common.errors import (
+    Conflict,
+    EssError,
+    Forbidden,
+    NotFound,
+    PermanentError,
+    RetryableError,
+    Unauthorized,
+)
 from ess_head_api.routes import edges, health, objects, ranges, requests
 from ess_head_api.state import HeadState
 
 _STATUS: list[tuple[type[EssError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (PermanentError, 422),
     (RetryableError, 503),
 ]

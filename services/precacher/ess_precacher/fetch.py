@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.settings import EdgeSettings
@@ -53,14 +53,16 @@ async def fetch_s3(url: str, target: Path, settings: EdgeSettings) -> None:
         aws_secret_access_key=secret,
         region_name=settings.s3_region,
     ) as client:
+        # BotoCoreError too (endpoint unreachable, transfer cut): a passing fault of this
+        # source, so that the precacher goes on to the next one.
         try:
             response = await client.get_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
+            with target.open("wb") as out:
+                async with response["Body"] as body:
+                    async for chunk in body.iter_chunks(CHUNK):
+                        out.write(chunk)
+        except (ClientError, BotoCoreError) as exc:
             raise RetryableError(f"{url}: {exc}") from exc
-        with target.open("wb") as out:
-            async with response["Body"] as body:
-                async for chunk in body.iter_chunks(CHUNK):
-                    out.write(chunk)
 
 
 async def fetch_xrootd(url: str, target: Path) -> None:

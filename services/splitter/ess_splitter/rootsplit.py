@@ -3,11 +3,13 @@
 Consumes a local ROOT file. Every TTree whose entry count equals the file's event count is
 sliced alike; its branches must be plain numbers, fixed-size arrays, counted variable-length
 arrays or C strings (anything else raises ``UnsplittableFile`` before a byte is written).
+Everything else in the file is carried into every range file whole (see ``carry``).
 Produces, in ``out_dir``, one ROOT file per event range, named
 ``<prefix>.<first:09d>-<last:09d>.root``, holding exactly those events of every sliced tree
 with the same tree paths, titles, branch names, dtypes and shared counter branches, and returns
-a ``RangeFile`` (1-based inclusive event positions, size, adler32) for each. Event positions
-follow PanDA's convention: the first event of the source file is event 1.
+a ``SplitResult``: a ``RangeFile`` (1-based inclusive event positions, size, adler32) for each
+range and the objects that could not be carried. Event positions follow PanDA's convention: the
+first event of the source file is event 1.
 """
 
 from __future__ import annotations
@@ -18,23 +20,21 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uproot
 
-from ess_splitter.treelayout import (
-    NoEventTree,
-    SplitError,
-    TreeLayout,
-    UnsplittableFile,
-    tree_layout,
-)
+from ess_splitter.carry import Carrier, Skipped, plan_carry
+from ess_splitter.inventory import EventTree, event_trees, list_containers
+from ess_splitter.treelayout import NoEventTree, SplitError, UnsplittableFile
 
 __all__ = [
     "DEFAULT_BLOCK_BYTES",
     "NoEventTree",
     "RangeFile",
+    "Skipped",
     "SplitError",
+    "SplitResult",
     "UnsplittableFile",
     "file_adler32",
     "plan_ranges",
@@ -60,6 +60,19 @@ class RangeFile:
     adler32: str
 
 
+@dataclass(frozen=True)
+class SplitResult:
+    """The range files of one split, and what they do not hold.
+
+    ``skipped`` lists the source's objects that are in no range file. ``whole_reason`` is set
+    when the file was delivered whole as a single range, and says why it was not split.
+    """
+
+    ranges: list[RangeFile]
+    skipped: tuple[Skipped, ...] = ()
+    whole_reason: str | None = None
+
+
 def plan_ranges(n_events: int, events_per_range: int) -> list[tuple[int, int]]:
     """Consecutive 1-based inclusive ``(first, last)`` ranges covering events 1..n_events."""
     if events_per_range < 1:
@@ -76,6 +89,11 @@ def range_file_name(name_prefix: str, first: int, last: int) -> str:
     return f"{name_prefix}.{first:09d}-{last:09d}.root"
 
 
+def check_name_prefix(name_prefix: str) -> None:
+    if name_prefix in ("", ".", "..") or "/" in name_prefix or os.sep in name_prefix:
+        raise ValueError(f"name_prefix must be a plain file name prefix, got {name_prefix!r}")
+
+
 def split_root_file(
     source: Path,
     out_dir: Path,
@@ -85,15 +103,18 @@ def split_root_file(
     block_events: int | None = None,
     compression: Any = None,
     name_prefix: str = "range",
-) -> list[RangeFile]:
+    uncarried: Literal["skip", "unsplittable"] = "skip",
+) -> SplitResult:
     """Write ``source``'s events to one file per range of ``events_per_range`` events.
 
     ``n_events`` is the expected event count (default: the entries of the TTree with the most
     entries). ``block_events`` is how many events are read and held in memory at once; by
     default a multiple of ``events_per_range`` worth about ``DEFAULT_BLOCK_BYTES``, so that no
     range straddles two reads. ``compression`` is an uproot compression (``uproot.ZLIB(0)`` for
-    none); by default the source file's setting is kept. If an exception is raised, every file
-    this call wrote is removed again (a same-named file it had already replaced included).
+    none); by default the source file's setting is kept. Objects that cannot be carried into
+    the range files are listed in the result (``uncarried="skip"``) or make the file
+    unsplittable. If an exception is raised, every file this call wrote is removed again (a
+    same-named file it had already replaced included).
     """
     if events_per_range < 1:
         raise ValueError(f"events_per_range must be at least 1, got {events_per_range}")
@@ -101,53 +122,36 @@ def split_root_file(
         raise ValueError(f"n_events must not be negative, got {n_events}")
     if block_events is not None and block_events < 1:
         raise ValueError(f"block_events must be at least 1, got {block_events}")
-    if name_prefix in ("", ".", "..") or "/" in name_prefix or os.sep in name_prefix:
-        raise ValueError(f"name_prefix must be a plain file name prefix, got {name_prefix!r}")
+    check_name_prefix(name_prefix)
     source = Path(source)
     out_dir = Path(out_dir)
 
     with uproot.open(source, array_cache=None) as root_file:
-        trees = _event_trees(root_file, n_events)
-        layouts = [tree_layout(path, tree) for path, tree in trees]
-        ranges = plan_ranges(int(trees[0][1].num_entries), events_per_range)
+        # Everything that could make the file unsplittable is decided here, before any write.
+        containers = list_containers(root_file)
+        trees = event_trees(str(source), containers, n_events)
+        plan = plan_carry(root_file, containers, {t.path for t in trees})
+        if plan.skipped and uncarried == "unsplittable":
+            raise plan.skipped[0].unsplittable()
+        ranges = plan_ranges(trees[0].entries, events_per_range)
         if not ranges:
-            return []
+            return SplitResult([], plan.skipped)
         if block_events is None:
             block_events = _default_block(source, trees, events_per_range)
         if compression is None:
             compression = _source_compression(int(root_file.file.fCompress))
+        carrier = Carrier(root_file, plan)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return _write_ranges(
-            trees, layouts, ranges, block_events, compression, out_dir, name_prefix
+        written = _write_ranges(
+            trees, carrier, ranges, block_events, compression, out_dir, name_prefix
         )
+        return SplitResult(written, plan.skipped)
 
 
-def _event_trees(root_file: Any, n_events: int | None) -> list[tuple[str, Any]]:
-    trees: list[tuple[str, Any]] = [
-        (str(path), root_file[path])
-        for path, classname in root_file.classnames(recursive=True, cycle=False).items()
-        if classname == "TTree"
-    ]
-    if not trees:
-        raise NoEventTree(f"{root_file.file_path}: no TTree in the file")
-    # Some ROOT versions store fEntries as a double.
-    counts = {path: int(tree.num_entries) for path, tree in trees}
-    expected = max(counts.values()) if n_events is None else n_events
-    matching = [(path, tree) for path, tree in trees if counts[path] == expected]
-    if not matching:
-        listing = ", ".join(f"{path!r} ({count} entries)" for path, count in counts.items())
-        raise NoEventTree(
-            f"{root_file.file_path}: no TTree has {expected} entries; the TTrees are {listing}"
-        )
-    return matching
-
-
-def _default_block(source: Path, trees: list[tuple[str, Any]], events_per_range: int) -> int:
-    n_events = int(trees[0][1].num_entries)
+def _default_block(source: Path, trees: list[EventTree], events_per_range: int) -> int:
+    n_events = trees[0].entries
     # Old files may not record their uncompressed size; the file size is a lower bound.
-    data_bytes = max(
-        sum(float(tree.uncompressed_bytes) for _, tree in trees), source.stat().st_size
-    )
+    data_bytes = max(sum(float(t.tree.uncompressed_bytes) for t in trees), source.stat().st_size)
     bytes_per_range = max(data_bytes / n_events, 1.0) * events_per_range
     return max(1, int(DEFAULT_BLOCK_BYTES // bytes_per_range)) * events_per_range
 
@@ -164,8 +168,8 @@ def _source_compression(fcompress: int) -> Any:
 
 
 def _write_ranges(
-    trees: list[tuple[str, Any]],
-    layouts: list[TreeLayout],
+    trees: list[EventTree],
+    carrier: Carrier,
     ranges: list[tuple[int, int]],
     block_events: int,
     compression: Any,
@@ -180,8 +184,10 @@ def _write_ranges(
         for block_start in range(0, n_events, block_events):
             block_stop = min(block_start + block_events, n_events)
             blocks = [
-                tree.arrays(library="ak", how=dict, entry_start=block_start, entry_stop=block_stop)
-                for _, tree in trees
+                t.tree.arrays(
+                    library="ak", how=dict, entry_start=block_start, entry_stop=block_stop
+                )
+                for t in trees
             ]
             position = block_start
             # A range that straddles the block boundary stays open and is extended with the
@@ -191,15 +197,15 @@ def _write_ranges(
                 if writer is None:
                     name = range_file_name(name_prefix, first, last)
                     reads = (last - 1) // block_events - (first - 1) // block_events + 1
-                    writer = _RangeWriter(out_dir / name, layouts, compression, reads)
+                    writer = _RangeWriter(out_dir / name, trees, carrier, compression, reads)
                 stop = min(last, block_stop)
-                for layout, block in zip(layouts, blocks, strict=True):
+                for t, block in zip(trees, blocks, strict=True):
                     offset = position - block_start
                     chunk = {
                         branch: array[offset : stop - block_start]
                         for branch, array in block.items()
                     }
-                    writer.extend(layout.path, chunk)
+                    writer.extend(t.path, chunk)
                 position = stop
                 if stop == last:
                     path, size, adler32 = writer.commit()
@@ -221,14 +227,22 @@ class _RangeWriter:
     """One range file being written under a temporary name in its final directory."""
 
     def __init__(
-        self, final: Path, layouts: list[TreeLayout], compression: Any, extends: int
+        self,
+        final: Path,
+        trees: list[EventTree],
+        carrier: Carrier,
+        compression: Any,
+        extends: int,
     ) -> None:
         self._final = final
         self._temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
         self._file: Any = uproot.recreate(self._temp, compression=compression)
         self._trees: dict[str, Any] = {}
         try:
-            for layout in layouts:
+            # Carried objects first: they re-create the source's directories, those of the
+            # event trees included.
+            carrier.write_into(self._file)
+            for layout in (t.layout for t in trees):
                 self._trees[layout.path] = self._file.mktree(
                     layout.path,
                     layout.branch_types,

@@ -1,13 +1,15 @@
 """The splitter daemon of one edge.
 
-Consumes `file.cached.<edge>`; cuts the cached file into ranges of the request's size,
-uploads each under its deterministic key and emits `split.done.<edge>` with every range, its
-key, size and adler32. A file that cannot be split faithfully is reported as failed for good.
+Consumes `file.cached.<edge>`; cuts the cached file into ranges of the request's size (with
+uproot, or with the operator's command template when `split_command` is set), uploads each under
+its deterministic key and emits `split.done.<edge>` with every range, its key, size and adler32.
+A file that uproot cannot split faithfully is delivered whole as one range or reported as failed
+for good, as `split_unsplittable` says; objects left out of the range files are logged. Every
+range file exists before the first upload, so a failed split uploads nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 
@@ -19,7 +21,8 @@ from ess_common.events import FileCached, RangeInfo, SplitDone
 from ess_common.messaging.bus import Bus
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
-from ess_splitter.rootsplit import SplitError, split_root_file
+from ess_splitter.rootsplit import SplitError
+from ess_splitter.strategy import SplitOptions, split_file
 
 log = structlog.get_logger("ess.splitter")
 
@@ -31,6 +34,7 @@ class Splitter:
         self.store = store
         self.cache_dir = settings.edge_cache_dir
         self.workers = max(1, (os.cpu_count() or 1) // 2)
+        self.split_options = SplitOptions.from_settings(settings)
 
     async def handle_file_cached(self, event: FileCached) -> SplitDone:
         work, f = event.work, event.work.file
@@ -42,13 +46,19 @@ class Splitter:
         shutil.rmtree(out_dir, ignore_errors=True)
         try:
             try:
-                pieces = await asyncio.to_thread(
-                    split_root_file, source, out_dir, work.events_per_range, n_events=f.n_events
+                result = await split_file(
+                    source, out_dir, work.events_per_range, f.n_events, self.split_options
                 )
             except SplitError as exc:
                 raise PermanentError(str(exc)) from exc
+            if result.whole_reason is not None:
+                log.warning("file.split.whole", lfn=f.lfn, reason=result.whole_reason)
+            if result.skipped:
+                log.warning(
+                    "file.split.skipped", lfn=f.lfn, skipped=[str(s) for s in result.skipped]
+                )
             ranges = []
-            for piece in pieces:
+            for piece in result.ranges:
                 key = range_key(
                     f.scope,
                     f.lfn,

@@ -41,12 +41,16 @@ class NoEventTree(SplitError):
 
 
 class UnsplittableFile(SplitError):
-    """A TTree to be sliced holds a branch that uproot cannot write back unchanged."""
+    """The file holds something uproot cannot write back unchanged.
+
+    ``tree`` is the path of the TTree (or other object) concerned, ``branch`` the offending
+    branch (None when the whole object is the problem) and ``typename`` its C++ type.
+    """
 
     def __init__(
         self,
         tree: str,
-        branch: str,
+        branch: str | None,
         typename: str,
         reason: str = "uproot cannot write this type into a TTree",
     ) -> None:
@@ -54,9 +58,13 @@ class UnsplittableFile(SplitError):
         self.branch = branch
         self.typename = typename
         self.reason = reason
-        super().__init__(
-            f"cannot split TTree {tree!r}: branch {branch!r} has type {typename!r} ({reason})"
-        )
+        if branch is None:
+            message = f"cannot split: {tree!r} has type {typename!r} ({reason})"
+        else:
+            message = (
+                f"cannot split TTree {tree!r}: branch {branch!r} has type {typename!r} ({reason})"
+            )
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,7 @@ def tree_layout(path: str, tree: Any) -> TreeLayout:
 
 def _branch_spec(tree_path: str, branch: Any) -> tuple[Any, str | None]:
     name = str(branch.name)
-    typename = str(branch.typename)
+    typename = branch_typename(branch)
 
     def refuse(reason: str) -> UnsplittableFile:
         return UnsplittableFile(tree_path, name, typename, reason)
@@ -131,6 +139,17 @@ def _branch_spec(tree_path: str, branch: Any) -> tuple[Any, str | None]:
     raise refuse(f"interpretation {interpretation!r} is not one uproot writes")
 
 
+def branch_typename(branch: Any) -> str:
+    """The C++ type of ``branch`` as uproot names it, or its leaves' titles if it cannot."""
+    try:
+        return str(branch.typename)
+    except Exception:
+        # uproot fails to name some leaf-list structs (e.g. of fixed-size arrays); the leaf
+        # titles still tell the operator what the branch holds.
+        leaves = branch.member("fLeaves")
+        return ":".join(str(leaf.member("fTitle")) for leaf in leaves) or str(branch.classname)
+
+
 def _dtype_spec(dtype: np.dtype[Any]) -> np.dtype[Any]:
     # Reading gives big-endian dtypes; the writer wants the logical type only.
     return dtype.newbyteorder("=")
@@ -146,6 +165,6 @@ def _check_counter(tree_path: str, counted: str, counter: Any) -> None:
         raise UnsplittableFile(
             tree_path,
             str(counter.name),
-            str(counter.typename),
+            branch_typename(counter),
             f"counter of {counted!r}; uproot writes counters as plain int32 branches only",
         )

@@ -21,8 +21,14 @@ async def lookup_range(
     state: State,
     scope: str,
     lfn: Annotated[str, Query(alias="LFN")],
-    start_event: Annotated[int, Query(alias="startEvent", ge=1)],
-    last_event: Annotated[int, Query(alias="lastEvent", ge=1)],
+    # Not bounded here: `find_pieces` refuses what breaks the convention with a reason that
+    # names it, for this route and the batch one alike.
+    start_event: Annotated[
+        int, Query(alias="startEvent", description="1-based position in the original file")
+    ],
+    last_event: Annotated[
+        int, Query(alias="lastEvent", description="1-based, inclusive, in the original file")
+    ],
 ) -> LookupAnswer:
     """`startEvent` and `lastEvent` are 1-based, inclusive positions of events in the original
     file (PanDA's in-file numbering). The answer lists every prepared file holding part of

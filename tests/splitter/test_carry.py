@@ -1,0 +1,147 @@
+"""Objects besides the event trees: carried whole into every range file, or reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uproot
+
+from ess_splitter.carry import Skipped, plan_carry
+from ess_splitter.inventory import list_containers
+from ess_splitter.rootsplit import split_root_file
+from ess_splitter.strategy import SplitOptions, split_file
+from ess_splitter.treelayout import UnsplittableFile
+from tests.splitter.test_faithful_corpus import assert_faithful, classnames, data, raw_key
+
+N_EVENTS = 23
+
+
+def write_file_with_extras(path: Path) -> None:
+    """An event tree next to histograms, strings, a run tree and directories, some nested."""
+    rng = np.random.default_rng(7)
+    with uproot.recreate(path) as out:
+        out.mktree("events", {"x": np.float64, "n": np.int32}, title="the events")
+        out["events"].extend(
+            {"x": rng.normal(size=N_EVENTS), "n": np.arange(N_EVENTS, dtype=np.int32)}
+        )
+        out["hists/h1"] = np.histogram(rng.normal(size=1000), bins=20, range=(-3, 3))
+        out["hists/deeper/h2"] = np.histogram2d(
+            rng.normal(size=500), rng.normal(size=500), bins=(4, 5)
+        )
+        out["notes"] = "generated for the carry test"
+        out.mktree("runs", {"run": np.int64, "lumi": np.float32}, title="per run")
+        out["runs"].extend(
+            {"run": np.array([1, 2], dtype=np.int64), "lumi": np.array([0.5, 1.5], np.float32)}
+        )
+        out.mkdir("empty/inside")
+        # uproot cannot address this key when reading, so it cannot copy it either.
+        out["odd:name"] = "unreachable"
+
+
+def test_other_objects_are_carried_into_every_range_file(tmp_path: Path) -> None:
+    source = tmp_path / "extras.root"
+    write_file_with_extras(source)
+    out_dir = tmp_path / "out"
+    result = split_root_file(source, out_dir, 5)
+    assert_faithful(source, out_dir, result, 5)
+    assert [str(s) for s in result.skipped] == [
+        "odd:name (TObjString): uproot cannot address a key whose name has ':' or ';'"
+    ]
+    for range_file in result.ranges:
+        names = classnames(range_file.path)
+        assert names["hists/deeper/h2"] == "TH2D"
+        assert names["empty/inside"] == "TDirectory"
+        # uproot's copy_from alone would add a directory named "" for top-level objects.
+        assert "" not in names
+        assert "odd:name" not in names
+        with uproot.open(range_file.path) as written:
+            assert written["notes"] == "generated for the carry test"
+            assert written["runs"].title == "per run"
+            assert written["runs"]["run"].array(library="np").tolist() == [1, 2]
+
+
+def test_histograms_keep_values_edges_and_titles(tmp_path: Path) -> None:
+    source = data("uproot-from-geant4.root")
+    result = split_root_file(source, tmp_path, 2000)
+    assert len(result.ranges) == 3
+    with uproot.open(source) as original, uproot.open(result.ranges[-1].path) as written:
+        for name in ("edep_inner", "recon_orig", "p_b_diff"):
+            assert written[name].title == original[name].title
+            np.testing.assert_array_equal(
+                written[name].values(flow=True), original[name].values(flow=True)
+            )
+            for axis in range(len(original[name].axes)):
+                np.testing.assert_array_equal(
+                    written[name].axis(axis).edges(), original[name].axis(axis).edges()
+                )
+        for tree in ("Details", "GeneratedTracks", "TrackedRays"):
+            assert written[tree].num_entries == original[tree].num_entries
+
+
+def test_objects_uproot_cannot_read_are_still_copied_byte_for_byte(tmp_path: Path) -> None:
+    # RooFitResult does not deserialise in uproot 5.7; its bytes and streamers are carried.
+    source = data("uproot-issue49.root")
+    (range_file,) = split_root_file(source, tmp_path, 1).ranges
+    with uproot.open(source) as original, uproot.open(range_file.path) as written:
+        for name in ("fitResult", "ProcessID0"):
+            assert raw_key(written, name) == raw_key(original, name)
+        assert written.file.streamer_named("RooFitResult") is not None
+
+
+def test_uncarried_objects_can_make_the_file_unsplittable(tmp_path: Path) -> None:
+    source = data("uproot-issue63.root")
+    with pytest.raises(UnsplittableFile) as raised:
+        split_root_file(source, tmp_path, 5000, uncarried="unsplittable")
+    error = raised.value
+    assert (error.tree, error.branch, error.typename) == (
+        "WtLoop_meta",
+        "initialState",
+        "std::string",
+    )
+    assert "not carried" in str(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_uncarried_policy_then_follows_the_unsplittable_policy(tmp_path: Path) -> None:
+    source = data("uproot-issue63.root")
+    options = SplitOptions(uncarried="unsplittable", unsplittable="whole")
+    result = await split_file(source, tmp_path, 5000, 9812, options)
+    (whole,) = result.ranges
+    assert (whole.first_event, whole.last_event) == (1, 9812)
+    assert whole.path.read_bytes() == source.read_bytes()
+    assert result.whole_reason is not None and "WtLoop_meta" in result.whole_reason
+
+    skipping = await split_file(source, tmp_path / "skip", 5000, 9812, SplitOptions())
+    assert len(skipping.ranges) == 2
+    assert [s.path for s in skipping.skipped] == ["WtLoop_meta"]
+
+
+class _FakeFile:
+    def streamer_dependencies(self, classname: str, version: str) -> list[tuple[str, int]]:
+        assert version == "all"
+        return {
+            "RooDataSet": [("RooDataSet", 1), ("RooTreeDataStore", 2), ("TTree", 20)],
+            "TH1F": [("TH1F", 3), ("TH1", 8), ("TNamed", 1)],
+        }[classname]
+
+
+class _FakeRootFile:
+    """Just what ``plan_carry`` reads of a file: its key listing and its streamers."""
+
+    file = _FakeFile()
+
+    def classnames(self, recursive: bool, cycle: bool) -> dict[str, str]:
+        return {"data": "RooDataSet", "h": "TH1F", "dir": "TDirectory"}
+
+
+def test_objects_holding_a_tree_are_not_byte_copied() -> None:
+    # Their baskets are records elsewhere in the source file; a copy would point nowhere.
+    fake: Any = _FakeRootFile()
+    plan = plan_carry(fake, list_containers(fake), set())
+    assert plan.copied == ("h", "dir")
+    assert plan.skipped == (
+        Skipped("data", "RooDataSet", "its class holds a TTree, which uproot cannot copy"),
+    )

@@ -1,0 +1,221 @@
+"""The splitter of one edge: a cached ROOT file cut into ranges, each uploaded to the local
+store or the real S3 server under its deterministic key, and `split.done` listing them; a file
+uproot cannot split is delivered whole, or, when the edge is told so, fails for good (through
+both buses as `file.failed`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import skhep_testdata
+import uproot
+
+from ess_common.checksums import adler32_of_bytes
+from ess_common.edge_work import cache_path
+from ess_common.errors import PermanentError, RetryableError
+from ess_common.events import DatasetFile, FileCached, FileFailed, FileWork, SplitDone, parse_event
+from ess_common.messaging.bus import Bus, Delivery, publish_event
+from ess_common.messaging.memory import MemoryBus
+from ess_common.settings import EdgeSettings
+from ess_common.store.base import ObjectStore, range_key
+from ess_common.store.local import LocalStore
+from ess_splitter.service import Splitter
+from tests.helpers import UniqueNames, eventually
+
+EDGE = "edge-sp"
+SCOPE = "data18_13TeV"
+HZZ_EVENTS = 2421
+EVENTS_PER_RANGE = 500
+FILE_ID = 11
+ATTEMPT = 2
+#: For calling the handler directly: never started, nothing is published on it.
+IDLE_BUS = MemoryBus("unused")
+
+
+def edge_settings(tmp_path: Path, **extra: Any) -> EdgeSettings:
+    return EdgeSettings.model_validate(
+        {
+            "edge_name": EDGE,
+            "edge_cache_dir": tmp_path / "cache",
+            "max_attempts": 3,
+            "retry_backoff_s": 0.05,
+            **extra,
+        }
+    )
+
+
+def cache(settings: EdgeSettings, name: str, lfn: str) -> Path:
+    """Put a copy of a scikit-hep-testdata file where the precacher would have left it."""
+    target = cache_path(settings.edge_cache_dir, SCOPE, lfn)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(skhep_testdata.data_path(name), target)
+    return target
+
+
+def file_cached(settings: EdgeSettings, lfn: str, n_events: int) -> FileCached:
+    path = cache_path(settings.edge_cache_dir, SCOPE, lfn)
+    work = FileWork(
+        request_id="req-9",
+        file_id=FILE_ID,
+        attempt=ATTEMPT,
+        edge=EDGE,
+        file=DatasetFile(
+            scope=SCOPE,
+            lfn=lfn,
+            n_events=n_events,
+            size=123,
+            adler32="1",
+            sources=[f"https://storage.example.org/{lfn}"],
+        ),
+        events_per_range=EVENTS_PER_RANGE,
+    )
+    return FileCached(work=work, cache_path=str(path), correlation_id="req-9")
+
+
+async def test_cached_file_is_split_uploaded_and_listed(tmp_path: Path, store: ObjectStore) -> None:
+    settings = edge_settings(tmp_path)
+    lfn = "NTUP.000001.uproot-HZZ.root"
+    source = cache(settings, "uproot-HZZ.root", lfn)
+    splitter = Splitter(settings, IDLE_BUS, store)
+    event = file_cached(settings, lfn, HZZ_EVENTS)
+
+    done = await splitter.handle_file_cached(event)
+
+    assert isinstance(done, SplitDone)
+    assert done.work == event.work
+    assert done.correlation_id == "req-9"
+    assert done.routing_key() == f"split.done.{EDGE}"
+    assert [(r.first_event, r.last_event) for r in done.ranges] == [
+        (1, 500),
+        (501, 1000),
+        (1001, 1500),
+        (1501, 2000),
+        (2001, 2421),
+    ]
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    for r in done.ranges:
+        assert r.key == range_key(
+            SCOPE, lfn, EVENTS_PER_RANGE, FILE_ID, ATTEMPT, r.first_event, r.last_event
+        )
+        stored = await store.get_bytes(r.key)
+        assert r.size == len(stored)
+        assert r.adler32 == adler32_of_bytes(stored)
+        # What was uploaded is a ROOT file holding exactly those events.
+        local = downloads / f"{r.first_event}.root"
+        local.write_bytes(stored)
+        with uproot.open(local) as written:
+            assert written["events"].num_entries == r.last_event - r.first_event + 1
+    with uproot.open(source) as original, uproot.open(downloads / "501.root") as second:
+        assert second["events"]["NMuon"].array(library="np").tolist() == (
+            original["events"]["NMuon"].array(library="np")[500:1000].tolist()
+        )
+
+    # The split outputs are gone from the cache; the cached input file stays.
+    split_dir = settings.edge_cache_dir / "split"
+    assert not split_dir.exists() or list(split_dir.iterdir()) == []
+    assert source.is_file()
+
+
+async def test_file_no_longer_in_the_cache_is_retryable(tmp_path: Path, store: ObjectStore) -> None:
+    settings = edge_settings(tmp_path)
+    splitter = Splitter(settings, IDLE_BUS, store)
+
+    with pytest.raises(RetryableError) as raised:
+        await splitter.handle_file_cached(file_cached(settings, "NTUP.wiped.root", HZZ_EVENTS))
+
+    assert "no longer in the cache" in str(raised.value)
+
+
+async def test_cache_path_in_the_message_is_not_trusted(tmp_path: Path) -> None:
+    # The message names a real file outside the cache: the splitter reads its own cache only.
+    settings = edge_settings(tmp_path)
+    store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
+    await store.start()
+    event = file_cached(settings, "NTUP.elsewhere.root", HZZ_EVENTS)
+    elsewhere = tmp_path / "elsewhere.root"
+    shutil.copyfile(skhep_testdata.data_path("uproot-HZZ.root"), elsewhere)
+    event = event.model_copy(update={"cache_path": str(elsewhere)})
+
+    with pytest.raises(RetryableError):
+        await Splitter(settings, IDLE_BUS, store).handle_file_cached(event)
+
+
+async def test_unsplittable_file_is_delivered_whole_by_default(tmp_path: Path) -> None:
+    settings = edge_settings(tmp_path)
+    assert settings.split_unsplittable == "whole"
+    lfn = "NTUP.vvd.root"
+    source = cache(settings, "uproot-vectorVectorDouble.root", lfn)
+    store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
+    await store.start()
+
+    done = await Splitter(settings, IDLE_BUS, store).handle_file_cached(
+        file_cached(settings, lfn, 5)
+    )
+
+    (whole,) = done.ranges
+    assert (whole.first_event, whole.last_event) == (1, 5)
+    assert whole.key == range_key(SCOPE, lfn, EVENTS_PER_RANGE, FILE_ID, ATTEMPT, 1, 5)
+    stored = await store.get_bytes(whole.key)
+    assert stored == source.read_bytes()
+    assert (whole.size, whole.adler32) == (len(stored), adler32_of_bytes(stored))
+
+
+async def test_unsplittable_file_is_a_permanent_error_when_told_to_fail(tmp_path: Path) -> None:
+    settings = edge_settings(tmp_path, split_unsplittable="fail")
+    lfn = "NTUP.vvd.root"
+    cache(settings, "uproot-vectorVectorDouble.root", lfn)
+    store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
+    await store.start()
+
+    with pytest.raises(PermanentError) as raised:
+        await Splitter(settings, IDLE_BUS, store).handle_file_cached(file_cached(settings, lfn, 5))
+
+    assert "std::vector<std::vector<double>>" in str(raised.value)
+    # Nothing uploaded, nothing left in the split directory.
+    assert not (tmp_path / "objects" / "ranges").exists()
+    split_dir = settings.edge_cache_dir / "split"
+    assert not split_dir.exists() or list(split_dir.iterdir()) == []
+
+
+async def watch(bus: Bus, unique: UniqueNames, binding: str) -> list[Delivery]:
+    seen: list[Delivery] = []
+
+    async def record(delivery: Delivery) -> None:
+        seen.append(delivery)
+
+    await bus.consume(unique("head"), [binding], record)
+    return seen
+
+
+async def test_through_the_bus_split_done_or_file_failed(
+    bus: Bus, unique: UniqueNames, tmp_path: Path
+) -> None:
+    settings = edge_settings(tmp_path, split_unsplittable="fail")
+    store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
+    await store.start()
+    splitter = Splitter(settings, bus, store)
+    await splitter.start()
+    done = await watch(bus, unique, f"split.done.{EDGE}")
+    failed = await watch(bus, unique, f"file.failed.{EDGE}")
+    cache(settings, "uproot-HZZ.root", "NTUP.good.root")
+    cache(settings, "uproot-vectorVectorDouble.root", "NTUP.vvd.root")
+
+    await publish_event(bus, file_cached(settings, "NTUP.vvd.root", 5))
+    await publish_event(bus, file_cached(settings, "NTUP.good.root", HZZ_EVENTS))
+
+    await eventually(lambda: failed and done, message="file.failed and split.done")
+    (failure,) = [parse_event(d.body) for d in failed]
+    assert isinstance(failure, FileFailed)
+    assert failure.work.file.lfn == "NTUP.vvd.root"
+    assert failure.stage == "split"
+    assert failure.retryable is False
+    assert "std::vector<std::vector<double>>" in failure.reason
+    (success,) = [parse_event(d.body) for d in done]
+    assert isinstance(success, SplitDone)
+    assert success.work.file.lfn == "NTUP.good.root"
+    assert [r.last_event for r in success.ranges] == [500, 1000, 1500, 2000, 2421]
+    await splitter.stop()
