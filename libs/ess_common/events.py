@@ -51,6 +51,13 @@ class Event(Contract):
         return str(getattr(self, "event_type"))  # noqa: B009 - every subclass defines it
 
 
+class Replica(Contract):
+    """Where data management says a copy of the file sits, for placing work near it."""
+
+    site: str
+    region: str = ""
+
+
 class DatasetFile(Contract):
     """One input file of a dataset, as data management describes it."""
 
@@ -62,6 +69,8 @@ class DatasetFile(Contract):
     adler32: str
     #: Where the file can be read: file://, http(s)://, s3://bucket/key, root://.
     sources: list[str] = Field(min_length=1)
+    #: Sites holding a copy; an edge at one of them (or in their region) is preferred.
+    replicas: list[Replica] = []
 
     @field_validator("scope")
     @classmethod
@@ -97,6 +106,8 @@ class Notify(Contract):
     message: bool = True
     #: POST the outcome here, with retries, once.
     callback_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: Also announce each file as soon as its ranges are ready (`file.ready`).
+    files: bool = False
 
 
 class RequestSpec(Contract):

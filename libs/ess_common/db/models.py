@@ -99,6 +99,7 @@ class Request(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     notify_message: Mapped[bool] = mapped_column(default=True)
     callback_url: Mapped[str | None] = mapped_column(Text)
+    notify_files: Mapped[bool] = mapped_column(default=False)
     #: The request as received, to tell a resubmission from a conflicting one.
     spec_digest: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=RequestStatus.RECEIVED)
@@ -121,6 +122,8 @@ class File(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     adler32: Mapped[str] = mapped_column(String(8))
     sources: Mapped[list[str]]
+    #: `[{"site": ..., "region": ...}]` from the request, for placement near the data.
+    replicas: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default=FileStatus.PENDING, index=True)
     edge: Mapped[str | None] = mapped_column(String(63), index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
@@ -155,6 +158,8 @@ class Edge(Base):
     site: Mapped[str] = mapped_column(String(255))
     region: Mapped[str] = mapped_column(String(255))
     url: Mapped[str | None] = mapped_column(Text)
+    latitude: Mapped[float | None]
+    longitude: Mapped[float | None]
     quota_bytes: Mapped[int] = mapped_column(BigInteger)
     free_bytes: Mapped[int] = mapped_column(BigInteger)
     queued: Mapped[int] = mapped_column(Integer, default=0)

@@ -47,6 +47,7 @@ async def record_request(
                     priority=spec.priority,
                     notify_message=spec.notify.message,
                     callback_url=spec.notify.callback_url,
+                    notify_files=spec.notify.files,
                     spec_digest=digest,
                     status=RequestStatus.RECEIVED,
                 )
@@ -62,6 +63,7 @@ async def record_request(
                         size=f.size,
                         adler32=f.adler32,
                         sources=list(f.sources),
+                        replicas=[r.model_dump() for r in f.replicas],
                         status=FileStatus.PENDING,
                     )
                     for f in spec.files
