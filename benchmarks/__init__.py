@@ -1,0 +1,1 @@
+"""Measurements of ESS components, each a runnable module (``python -m benchmarks.<name>``)."""
