@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import httpx
 import pytest
+import structlog
 from aio_pika.exceptions import AMQPError
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import text
@@ -61,6 +62,14 @@ MAX_ATTEMPTS = 3
 RETRY_BACKOFF_S = 0.05
 LOCAL_STORE_BASE_URL = "http://testserver"
 LOCAL_STORE_SECRET = b"k"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterable[None]:
+    """A command run in-process (a benchmark's `main`) configures logging for the process;
+    the next test starts from structlog's defaults again."""
+    yield
+    structlog.reset_defaults()
 
 
 class ServerCheck:

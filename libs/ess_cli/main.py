@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from pathlib import Path
 
 from ess_common.db.migrate import upgrade
@@ -15,6 +16,12 @@ def _db_upgrade(_: argparse.Namespace) -> None:
     settings = EssSettings()
     asyncio.run(upgrade(settings.database_url))
     print("database schema is up to date")
+
+
+def _schema_request_created(_: argparse.Namespace) -> None:
+    from ess_common.events import request_created_schema
+
+    print(json.dumps(request_created_schema(), indent=2))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -56,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(required=True)
     db_commands.add_parser("upgrade", help="apply the migrations").set_defaults(run=_db_upgrade)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of a published message")
+    schema_commands = schema.add_subparsers(required=True)
+    schema_commands.add_parser(
+        "request-created", help="the request.created message PanDA publishes"
+    ).set_defaults(run=_schema_request_created)
 
     args = parser.parse_args(argv)
     configure_logging("console", args.log_level)

@@ -7,11 +7,13 @@ passing one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import structlog
+from pydantic import SecretStr
 
 from ess_common.errors import PermanentError
 from ess_common.events import Event, FileAssigned, FileCached, FileFailed
@@ -47,7 +49,18 @@ def work_handler(
     stage: Literal["precache", "split"],
     max_attempts: int,
     work: Callable[[W], Awaitable[Event]],
+    *,
+    edge_token: SecretStr | None = None,
 ) -> Handler:
+    """`edge_token` signs what the handler publishes, so that the broker knows it is ours.
+
+    Without one, the edge's `ESS_EDGE_TOKEN` is used when set: the precacher and splitter run
+    as the edge's children with its environment, and must sign like it even where their
+    caller does not pass the token.
+    """
+    if edge_token is None and os.environ.get("ESS_EDGE_TOKEN"):
+        edge_token = SecretStr(os.environ["ESS_EDGE_TOKEN"])
+
     async def handle(delivery: Delivery) -> None:
         event = parse_for(delivery, accepted)
         assert isinstance(event, accepted)
@@ -67,11 +80,12 @@ def work_handler(
                     retryable=not permanent,
                     correlation_id=event.work.request_id,
                 ),
+                signed_with=edge_token,
             )
             return
         finally:
             structlog.contextvars.unbind_contextvars("event_id", "request_id")
-        await publish_event(bus, result)
+        await publish_event(bus, result, signed_with=edge_token)
 
     return handle
 

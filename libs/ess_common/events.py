@@ -4,6 +4,12 @@ Each event is a frozen pydantic model whose literal `event_type` is the routing 
 that concern one edge's work are routed to `<event_type>.<edge>` so that the edge's own
 queues receive exactly its work while the head binds `<event_type>.*`.
 `parse_event` reads any of them; an unknown `schema_version` or `event_type` is refused.
+
+Versioning: `schema_version` changes only when a change would break a reader (a field removed,
+renamed or given a new meaning). Optional fields are added within a version; readers refuse
+fields they do not know (`extra="forbid"`), so a producer sends a new field only once its
+consumers know it. A message of a version this code does not support is refused with
+the reason (it is dead-lettered from the bus; the head API answers 422).
 """
 
 from __future__ import annotations
@@ -11,17 +17,40 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+from pydantic.config import JsonDict
 
 from ess_common.checksums import normalise_adler32
 
 SCHEMA_VERSION: Literal[1] = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+#: Event positions and counts are 32-bit in the bookkeeping (and in PanDA); sizes 64-bit.
+MAX_EVENT = 2**31 - 1
+MAX_SIZE = 2**63 - 1
 
 #: Rucio's scope and name alphabet: no slashes, no "..", nothing that escapes a key prefix.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 _SOURCE_SCHEMES = ("file://", "http://", "https://", "s3://", "root://")
+
+
+_NAME_WORD = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}"
+_ADLER32 = r"^\s*(0[xX])?[0-9a-fA-F]{1,8}\s*$"
+
+
+def _documented(pattern: str) -> JsonDict:
+    # The pattern is for the published schema (and for clients generating valid input); the
+    # validators enforce it with a reason that names the rule, and the '..' rule besides.
+    return {"pattern": pattern}
 
 
 def _check_name(value: str, what: str) -> str:
@@ -34,8 +63,42 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _supported_version(value: object) -> object:
+    # Before the literal check, so that the refusal names the version and what is supported
+    # instead of pydantic's "Input should be 1".
+    known = value in SUPPORTED_SCHEMA_VERSIONS
+    if isinstance(value, int) and not isinstance(value, bool) and not known:
+        supported = ", ".join(map(str, SUPPORTED_SCHEMA_VERSIONS))
+        raise ValueError(f"unsupported schema_version {value}; supported: {supported}")
+    return value
+
+
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_supported_version)]
+
+
+def _storable(value: object) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError("must be valid Unicode (a lone surrogate was given)") from exc
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _storable(item)
+
+
 class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_is_storable(cls, value: object) -> object:
+        # JSON may carry text that no database column (nor UTF-8) can hold: refused here,
+        # with the field named, rather than failing the insert.
+        _storable(value)
+        return value
 
 
 class Event(Contract):
@@ -45,7 +108,7 @@ class Event(Contract):
     occurred_at: datetime = Field(default_factory=utcnow)
     #: The request the event belongs to, for following one request through the logs.
     correlation_id: str | None = None
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
     def routing_key(self) -> str:
         return str(getattr(self, "event_type"))  # noqa: B009 - every subclass defines it
@@ -61,14 +124,16 @@ class Replica(Contract):
 class DatasetFile(Contract):
     """One input file of a dataset, as data management describes it."""
 
-    scope: str
-    lfn: str
-    guid: str = ""
-    n_events: int = Field(gt=0)
-    size: int = Field(gt=0)
-    adler32: str
+    scope: str = Field(json_schema_extra=_documented(f"^{_NAME_WORD}$"))
+    lfn: str = Field(json_schema_extra=_documented(f"^{_NAME_WORD}$"))
+    guid: str = Field(default="", max_length=64)
+    n_events: int = Field(gt=0, le=MAX_EVENT)
+    size: int = Field(gt=0, le=MAX_SIZE)
+    adler32: str = Field(json_schema_extra=_documented(_ADLER32))
     #: Where the file can be read: file://, http(s)://, s3://bucket/key, root://.
-    sources: list[str] = Field(min_length=1)
+    sources: list[
+        Annotated[str, Field(json_schema_extra=_documented("^(file|https?|s3|root)://"))]
+    ] = Field(min_length=1)
     #: Sites holding a copy; an edge at one of them (or in their region) is preferred.
     replicas: list[Replica] = []
 
@@ -110,10 +175,47 @@ class Notify(Contract):
     files: bool = False
 
 
+_EXAMPLE_FILE: JsonDict = {
+    "scope": "mc15_13TeV",
+    "lfn": "EVNT.08716373._000060.pool.root.1",
+    "guid": "2FC641BA-9A8C-4D3B-9A0D-1B2C3D4E5F60",
+    "n_events": 5000,
+    "size": 1395749203,
+    "adler32": "0e6fa8d1",
+    "sources": ["root://eosatlas.cern.ch//eos/atlas/mc15_13TeV/EVNT.08716373._000060.pool.root.1"],
+    "replicas": [{"site": "CERN-PROD", "region": "europe"}],
+}
+_EXAMPLE_SPEC: JsonDict = {
+    "schema_version": 1,
+    "dataset": "mc15_13TeV:mc15_13TeV.361106.PowhegPythia8EvtGen_Zee.evgen.EVNT.e3601",
+    "idempotency_key": "jedi-12164365",
+    "events_per_range": 100,
+    "priority": 500,
+    "notify": {
+        "message": True,
+        "callback_url": "https://panda.example.org/ess/callback",
+        "files": False,
+    },
+    "files": [_EXAMPLE_FILE],
+}
+
+
 class RequestSpec(Contract):
     """What PanDA asks for: a dataset prepared at a granularity."""
 
-    dataset: str = Field(description="`scope:name` of the dataset")
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_SPEC]})
+
+    #: Not part of what identifies the request (left out of its digest and of dumps): the
+    #: version is that of the message carrying it.
+    schema_version: SchemaVersion = Field(
+        default=SCHEMA_VERSION,
+        exclude=True,
+        description="version of this message's schema; an unsupported one is refused",
+    )
+    dataset: str = Field(
+        description="`scope:name` of the dataset",
+        json_schema_extra=_documented(f"^{_NAME_WORD}:{_NAME_WORD}$"),
+    )
     #: The JEDI task id or any key: a resubmission with the same key is the same request.
     idempotency_key: str = Field(min_length=1, max_length=200)
     events_per_range: int = Field(gt=0, le=10_000_000)
@@ -147,7 +249,23 @@ class RequestCreated(Event, RequestSpec):
     Emitted by PanDA/JEDI or the head API; consumed by the broker.
     """
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_type": "request.created",
+                    "event_id": "5b8f1c8e-2f4a-4c4e-9a57-0c6f3f0e9b21",
+                    "occurred_at": "2026-11-25T10:00:00Z",
+                    "correlation_id": None,
+                    **_EXAMPLE_SPEC,
+                }
+            ]
+        }
+    )
+
     event_type: Literal["request.created"] = "request.created"
+    #: Redeclared so that the envelope's version is part of the message (the spec's is not).
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
 
 class FileWork(Contract):
@@ -242,8 +360,13 @@ class EdgeHeartbeat(Event):
     site: str
     region: str
     url: str | None = None
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    longitude: float | None = Field(default=None, ge=-180, le=180)
     quota_bytes: int = Field(ge=0)
+    #: The quota less what the cache holds and has reserved.
     free_bytes: int = Field(ge=0)
+    #: Of what the cache holds, what it would evict to make room (nothing pins it).
+    evictable_bytes: int = Field(default=0, ge=0)
     queued: int = Field(ge=0)
     load: float = Field(ge=0)
     version: str
@@ -270,6 +393,36 @@ class RequestFailed(Event):
     reason: str
 
 
+class RequestCancelled(Event):
+    """The request was cancelled (head API): its unfinished files will not be worked on.
+
+    Emitted by the head; consumed by the notifier (to tell PanDA) and by edges that may drop
+    the request's queued work.
+    """
+
+    event_type: Literal["request.cancelled"] = "request.cancelled"
+    request_id: str
+    dataset: str
+    idempotency_key: str
+    reason: str
+
+
+class FileReady(Event):
+    """Every range of one file of the request is in the object store, before the whole request
+    may be. Emitted by the head's bookkeeping when the request asked `notify.files`; consumed
+    by the notifier."""
+
+    event_type: Literal["file.ready"] = "file.ready"
+    request_id: str
+    dataset: str
+    idempotency_key: str
+    file_id: int
+    scope: str
+    lfn: str
+    n_events: int
+    n_ranges: int
+
+
 AnyEvent = Annotated[
     RequestCreated
     | FileAssigned
@@ -278,10 +431,21 @@ AnyEvent = Annotated[
     | FileFailed
     | EdgeHeartbeat
     | RequestReady
-    | RequestFailed,
+    | RequestFailed
+    | RequestCancelled
+    | FileReady,
     Field(discriminator="event_type"),
 ]
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def request_created_schema() -> dict[str, Any]:
+    """The JSON Schema of `request.created` as published (API, `ess schema`, docs): with an
+    example and the `schema_version`s this code accepts."""
+    return {
+        **RequestCreated.model_json_schema(),
+        "x-supported-versions": list(SUPPORTED_SCHEMA_VERSIONS),
+    }
 
 
 def parse_event(body: bytes | str) -> AnyEvent:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 import secrets
 import shlex
+import socket
 import string
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _BUS_SCHEMES = ("amqp://", "amqps://", "memory://")
@@ -27,6 +28,12 @@ _SPLIT_COMPRESSION = re.compile(
 _SPLIT_COMMAND_PLACEHOLDERS = frozenset(
     {"input", "output", "first_event", "last_event", "skip_events", "n_events"}
 )
+
+#: Who may call the head API; see ess_head_api.auth for what each may do.
+ROLES = ("panda", "pilot", "edge", "admin")
+MIN_TOKEN_LENGTH = 16
+#: The notices the notifier sends on the PanDA-facing exchange.
+PANDA_NOTICES = ("request.ready", "request.failed", "request.cancelled", "file.ready")
 
 
 class EssSettings(BaseSettings):
@@ -83,9 +90,62 @@ class HeadSettings(EssSettings):
     #: An edge whose last heartbeat is older than this is lost and its work moves.
     edge_lost_after_s: float = Field(default=30.0, gt=0)
     sweep_interval_s: float = Field(default=2.0, gt=0)
+    #: An edge with this many files assigned and not yet split takes no more until it works
+    #: some off: backpressure, so that a slow edge does not hoard work others could do.
+    edge_max_queued: int = Field(default=64, ge=1)
+    #: Range files older than this are deleted from the object store with their rows (by the
+    #: broker's sweep, in batches); None keeps them as long as their request.
+    range_retention_s: float | None = Field(default=None, gt=0)
+    range_retention_batch: int = Field(default=500, ge=1)
     panda_exchange: str = "panda"
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_max_attempts: int = Field(default=8, ge=1)
+    #: Routing keys of the notices on `panda_exchange`, by event (`request.ready`,
+    #: `request.failed`, `request.cancelled`, `file.ready`); an event not named keeps its own.
+    panda_routing_keys: dict[str, str] = {}
+    #: Bearer tokens of the head API by role (panda, pilot, edge, admin), e.g.
+    #: ESS_TOKENS='{"panda": ["..."], "pilot": ["..."]}'. None at all: the API is open (the
+    #: embedded first try); edge tokens also sign the edges' messages to the broker.
+    tokens: dict[str, list[SecretStr]] = {}
+    #: A request ready, failed or cancelled this long ago is expired: its range files and its
+    #: rows are deleted. 0 keeps requests forever.
+    request_ttl_s: float = Field(default=30 * 24 * 3600, ge=0)
+    expire_interval_s: float = Field(default=300.0, gt=0)
+    #: How often a Server-Sent Events stream looks for a change of its request, and how long
+    #: one lasts at most (the client reconnects).
+    events_poll_interval_s: float = Field(default=1.0, gt=0)
+    events_max_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("panda_routing_keys")
+    @classmethod
+    def _panda_routing_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = set(value) - set(PANDA_NOTICES)
+        if unknown:
+            raise ValueError(
+                f"ESS_PANDA_ROUTING_KEYS names unknown events {sorted(unknown)}; "
+                f"known are {list(PANDA_NOTICES)}"
+            )
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, value: dict[str, list[SecretStr]]) -> dict[str, list[SecretStr]]:
+        unknown = set(value) - set(ROLES)
+        if unknown:
+            raise ValueError(f"ESS_TOKENS names unknown roles {sorted(unknown)}; known: {ROLES}")
+        seen: set[str] = set()
+        for role, tokens in value.items():
+            for token in tokens:
+                secret = token.get_secret_value()
+                if len(secret) < MIN_TOKEN_LENGTH or secret != secret.strip():
+                    raise ValueError(
+                        f"ESS_TOKENS: a {role} token is shorter than {MIN_TOKEN_LENGTH} "
+                        "characters or has surrounding spaces"
+                    )
+                if secret in seen:
+                    raise ValueError(f"ESS_TOKENS: a {role} token is given twice or to two roles")
+                seen.add(secret)
+        return value
 
 
 class EdgeSettings(EssSettings):
@@ -96,7 +156,26 @@ class EdgeSettings(EssSettings):
     edge_region: str = "local"
     edge_cache_dir: Path = Path("var/cache")
     edge_quota_bytes: int = Field(default=50 * 1024**3, gt=0)
+    #: Where pilots reach this edge's HTTP server; default http://<edge_host>:<edge_port>.
     edge_url: str | None = None
+    edge_host: str = "127.0.0.1"
+    edge_port: int = Field(default=8001, ge=1, le=65535)
+    #: Coordinates of the edge (degrees), for pointing pilots that give theirs to the nearest.
+    edge_latitude: float | None = Field(default=None, ge=-90, le=90)
+    edge_longitude: float | None = Field(default=None, ge=-180, le=180)
+    #: Above the high watermark (a fraction of the quota) least recently used cached inputs
+    #: that no work pins, and pulled-through range files, are evicted down to the low one.
+    edge_high_watermark: float = Field(default=0.95, gt=0, le=1)
+    edge_low_watermark: float = Field(default=0.80, gt=0, le=1)
+    edge_evict_interval_s: float = Field(default=2.0, gt=0)
+    #: How long a download waits for cache space that eviction may free before it is refused.
+    edge_reserve_wait_s: float = Field(default=60.0, ge=0)
+    #: A pin (work cached but not yet split) older than this is stale: its work went elsewhere.
+    edge_pin_ttl_s: float = Field(default=6 * 3600.0, gt=0)
+    #: How long the edge answers lookups from the dataset information it fetched from the head.
+    edge_lookup_ttl_s: float = Field(default=30.0, gt=0)
+    #: This edge's token (one of the head's `edge` tokens): signs its heartbeats and results.
+    edge_token: SecretStr | None = None
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     download_timeout_s: float = Field(default=600.0, gt=0)
     #: A file whose event trees uproot cannot write back unchanged is delivered "whole" as
@@ -113,6 +192,26 @@ class EdgeSettings(EssSettings):
     #: {skip_events}, {n_events}. Split like a shell would, never run through one.
     split_command: str | None = None
     split_command_timeout_s: float = Field(default=600.0, gt=0)
+    #: Processes that share one uproot split, each writing a contiguous block of its ranges:
+    #: 0 means the edge's cores, 1 splits in the splitter's own process.
+    split_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _watermarks(self) -> EdgeSettings:
+        if self.edge_low_watermark >= self.edge_high_watermark:
+            raise ValueError(
+                f"ESS_EDGE_LOW_WATERMARK ({self.edge_low_watermark}) must be below "
+                f"ESS_EDGE_HIGH_WATERMARK ({self.edge_high_watermark})"
+            )
+        return self
+
+    @property
+    def public_url(self) -> str:
+        """The URL the heartbeat announces: the configured one, or the address served."""
+        if self.edge_url:
+            return self.edge_url.rstrip("/")
+        host = socket.getfqdn() if self.edge_host in ("0.0.0.0", "::", "") else self.edge_host
+        return f"http://{host}:{self.edge_port}"
 
     @field_validator("split_compression")
     @classmethod

@@ -9,7 +9,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Executable, select
+from sqlalchemy import Executable, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import Update
 
@@ -265,9 +265,21 @@ async def test_a_finished_or_failed_request_gets_no_more_assignments(
     assert {f.status for f in await files(sessions)} == {FileStatus.PENDING}
 
 
+def _locks_edges(statement: Executable) -> bool:
+    """The statement with which an assigner takes the edge locks: the rows `FOR UPDATE` on
+    PostgreSQL, the database's write lock on SQLite."""
+    table = getattr(statement, "table", None)
+    if isinstance(statement, Update):
+        return getattr(table, "name", None) == "edges"
+    if isinstance(statement, Select) and statement._for_update_arg is not None:
+        return any(getattr(f, "name", None) == "edges" for f in statement.get_final_froms())
+    return False
+
+
 class _Rendezvous:
-    """Holds each session at its first UPDATE until every party has either reached its own
-    or finished without one: every assigner has read the pending files before any claims one.
+    """Holds each session at its first claim of a file until every party has either come to
+    take the edge locks or finished: a second assigner starts while the first one's claims
+    are not yet committed.
     """
 
     def __init__(self, parties: int) -> None:
@@ -284,12 +296,18 @@ class _Rendezvous:
         rendezvous = self
 
         class HeldSession(AsyncSession):
+            arrived = False
             held = False
 
             async def execute(self, statement: Executable, *args: Any, **kwargs: Any) -> Any:
-                if isinstance(statement, Update) and not self.held:
-                    self.held = True
+                if not self.arrived and _locks_edges(statement):
+                    self.arrived = True
                     rendezvous.arrive()
+                elif isinstance(statement, Update) and not self.held:
+                    self.held = True
+                    if not self.arrived:
+                        self.arrived = True
+                        rendezvous.arrive()
                     await asyncio.wait_for(rendezvous.everyone.wait(), timeout=10)
                 return await super().execute(statement, *args, **kwargs)
 
@@ -298,8 +316,8 @@ class _Rendezvous:
 
 async def test_two_assigners_at_once_never_assign_a_file_twice(sessions: SessionMaker) -> None:
     # The sweep and a `request.created` handler (or two brokers) may assign at the same time.
-    # PostgreSQL's SKIP LOCKED hides claimed files from the other; SQLite has no row locks,
-    # so the claim itself must be a compare-and-set.
+    # They take turns on the edges' locks, PostgreSQL's SKIP LOCKED hides claimed files from
+    # the other, and the claim itself is a compare-and-set.
     await submit(sessions, n_files=4)
     await beat(sessions, "edge-a")
     rendezvous = _Rendezvous(parties=2)
@@ -313,7 +331,7 @@ async def test_two_assigners_at_once_never_assign_a_file_twice(sessions: Session
                 async with session.begin():
                     return await assign_pending(session, LOST_AFTER)
             finally:
-                if not session.held:  # type: ignore[attr-defined]
+                if not session.arrived:  # type: ignore[attr-defined]
                     rendezvous.arrive()
 
     counts = await asyncio.gather(assigner(), assigner())

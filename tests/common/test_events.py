@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from ess_common import checksums
+from ess_common.db.requests import spec_digest
 from ess_common.events import (
     AnyEvent,
     DatasetFile,
@@ -22,8 +23,10 @@ from ess_common.events import (
     FileAssigned,
     FileCached,
     FileFailed,
+    FileReady,
     FileWork,
     RangeInfo,
+    RequestCancelled,
     RequestCreated,
     RequestFailed,
     RequestReady,
@@ -106,6 +109,19 @@ def one_of_each() -> list[Event]:
             request_id="r-1", dataset="mc:ds", idempotency_key="k", n_files=2, n_ranges=100
         ),
         RequestFailed(request_id="r-1", dataset="mc:ds", idempotency_key="k", reason="gone"),
+        RequestCancelled(
+            request_id="r-1", dataset="mc:ds", idempotency_key="k", reason="not needed"
+        ),
+        FileReady(
+            request_id="r-1",
+            dataset="mc:ds",
+            idempotency_key="k",
+            file_id=7,
+            scope="mc15_13TeV",
+            lfn="EVNT.08716373._000060.pool.root.1",
+            n_events=5000,
+            n_ranges=50,
+        ),
     ]
 
 
@@ -163,6 +179,27 @@ def test_schema_version_2_is_rejected_naming_the_field() -> None:
         parse_event(_json(body))
     locations = [error["loc"] for error in caught.value.errors()]
     assert ("request.failed", "schema_version") in locations
+
+
+@pytest.mark.parametrize("model", [RequestSpec, RequestCreated])
+def test_an_unsupported_schema_version_is_refused_with_the_reason(
+    model: type[RequestSpec],
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate(spec_data(schema_version=2))
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("schema_version",)
+    assert "unsupported schema_version 2; supported: 1" in error["msg"]
+
+
+def test_the_schema_version_is_optional_and_not_part_of_the_request() -> None:
+    implicit = RequestSpec.model_validate(spec_data())
+    explicit = RequestSpec.model_validate(spec_data(schema_version=1))
+    assert implicit.schema_version == explicit.schema_version == 1
+    # What identifies a request (its digest, a resubmission) does not depend on the version.
+    assert spec_digest(implicit) == spec_digest(explicit)
+    created = RequestCreated(**explicit.model_dump())
+    assert json.loads(created.model_dump_json())["schema_version"] == 1
 
 
 def test_unknown_fields_are_rejected() -> None:

@@ -43,6 +43,7 @@ class Cluster:
     workdir: Path
     env: dict[str, str]
     services: dict[str, Service] = field(default_factory=dict)
+    edge_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def head_url(self) -> str:
@@ -62,16 +63,26 @@ class Cluster:
         self.services[name] = service
         return service
 
-    def start_edge(self, name: str) -> Service:
-        cache = self.workdir / f"cache-{name}"
-        return self.start(
-            name,
-            "ess_edge",
-            ESS_EDGE_NAME=name,
-            ESS_EDGE_CACHE_DIR=str(cache),
-            ESS_EDGE_SITE=f"site-{name}",
-            ESS_EDGE_REGION="region-1",
-        )
+    def edge_cache(self, name: str) -> Path:
+        return self.workdir / f"cache-{name}"
+
+    def start_edge(self, name: str, **extra: str) -> Service:
+        """An edge process serving pilots on a port of its own (`edge_urls[name]`)."""
+        port = self.edge_ports.setdefault(name, free_port())
+        settings = {
+            "ESS_EDGE_NAME": name,
+            "ESS_EDGE_CACHE_DIR": str(self.edge_cache(name)),
+            "ESS_EDGE_SITE": f"site-{name}",
+            "ESS_EDGE_REGION": "region-1",
+            "ESS_EDGE_PORT": str(port),
+            "ESS_EDGE_URL": f"http://127.0.0.1:{port}",
+            **extra,
+        }
+        return self.start(name, "ess_edge", **settings)
+
+    @property
+    def edge_urls(self) -> dict[str, str]:
+        return {name: f"http://127.0.0.1:{port}" for name, port in self.edge_ports.items()}
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> int:
         service = self.services.pop(name)

@@ -74,6 +74,7 @@ class FileStatus(enum.StrEnum):
     CACHED = "cached"
     SPLIT = "split"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # its request was cancelled before the file was split
 
 
 class EdgeStatus(enum.StrEnum):
@@ -171,7 +172,11 @@ class Edge(Base):
 
 
 class Notification(Base):
-    """One notice to one target about one event of a request: at most one is ever sent."""
+    """One notice to one target about one event of a request: at most one is ever sent.
+
+    `event` is the event type, with the file for per-file events (`file.ready/<file id>`);
+    a notice of a failure that was later retried is kept as `request.failed@<id>`.
+    """
 
     __tablename__ = "notifications"
     __table_args__ = (UniqueConstraint("request_id", "event", "kind", "target"),)

@@ -3,13 +3,21 @@
 Every consumed queue `Q` comes with `Q.retry` (a delay before redelivery) and `Q.dead`
 (bound on the dead-letter exchange `<exchange>.dead` with key `Q`). A dead-lettered message
 carries its reason in the `x-ess-reason` header; `<exchange>.dead.audit` sees every one.
+
+Messages of an edge (heartbeats, results) carry `x-ess-edge-signature`, an HMAC-SHA256 of the
+body with the edge's token, when it has one: the broker refuses unsigned or forged ones once
+edge tokens are configured.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from pydantic import SecretStr
 
 from ess_common.events import Event
 
@@ -17,6 +25,25 @@ ATTEMPT_HEADER = "x-ess-attempt"
 REASON_HEADER = "x-ess-reason"
 QUEUE_HEADER = "x-ess-queue"
 ROUTING_KEY_HEADER = "x-ess-routing-key"
+EDGE_SIGNATURE_HEADER = "x-ess-edge-signature"
+
+
+def edge_signature(body: bytes, token: SecretStr) -> str:
+    return hmac.new(token.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
+
+
+def signed_by_one_of(body: bytes, headers: Mapping[str, Any], tokens: Sequence[SecretStr]) -> bool:
+    """Whether the delivery's edge signature was made with one of the tokens."""
+    given = headers.get(EDGE_SIGNATURE_HEADER)
+    if isinstance(given, bytes):
+        given = given.decode(errors="replace")
+    if not isinstance(given, str):
+        return False
+    # Every token is compared, in constant time, so the answer's timing tells nothing.
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(edge_signature(body, token), given)
+    return matched
 
 
 def dead_exchange(exchange: str) -> str:
@@ -79,11 +106,23 @@ class Bus(Protocol):
 
 
 async def publish_event(
-    bus: Bus, event: Event, *, exchange: str | None = None, expiration_s: float | None = None
+    bus: Bus,
+    event: Event,
+    *,
+    exchange: str | None = None,
+    expiration_s: float | None = None,
+    headers: Mapping[str, Any] | None = None,
+    signed_with: SecretStr | None = None,
 ) -> None:
+    """Publish the event; `signed_with` (an edge's token) adds the edge signature header."""
+    body = event.model_dump_json().encode()
+    sent = dict(headers or {})
+    if signed_with is not None:
+        sent[EDGE_SIGNATURE_HEADER] = edge_signature(body, signed_with)
     await bus.publish(
         event.routing_key(),
-        event.model_dump_json().encode(),
+        body,
         exchange=exchange,
         expiration_s=expiration_s,
+        headers=sent or None,
     )

@@ -26,7 +26,8 @@ def sign(secret: bytes, key: str, expires: int) -> str:
 def verify(secret: bytes, key: str, expires: int, signature: str) -> None:
     if expires < time.time():
         raise Forbidden("signed URL has expired")
-    if not hmac.compare_digest(sign(secret, key, expires), signature):
+    # As bytes: compare_digest refuses str with non-ASCII characters, which anyone may send.
+    if not hmac.compare_digest(sign(secret, key, expires).encode(), signature.encode()):
         raise Forbidden("signed URL signature does not match")
 
 

@@ -1,19 +1,26 @@
 """Assigning pending files to edges and taking work back from lost edges.
 
-Files are claimed with `FOR UPDATE SKIP LOCKED`, so two brokers never assign the same file;
-every state change is a compare-and-set on the status it expects.
+Space is reserved at assignment: the bytes promised to an edge are the sizes of its files
+assigned or cached and not yet split, so a split, a failure, a cancellation or a move releases
+them with the file's status. The candidate edges' rows are locked (`FOR UPDATE`, in name order
+so that two lockers never deadlock) before the promised bytes are summed, so two brokers
+assigning at once take turns per edge and never over-commit one. Files are claimed with
+`FOR UPDATE SKIP LOCKED` and a compare-and-set on their status and attempt, so no file is ever
+assigned twice.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from datetime import timedelta
 
 import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
-from ess_broker.placement import Candidate, choose_edge
+from ess_broker.placement import Candidate, choose_edge, replica_places
 from ess_common.db.models import (
     Edge,
     EdgeStatus,
@@ -23,47 +30,73 @@ from ess_common.db.models import (
     RequestStatus,
     utcnow,
 )
-from ess_common.events import DatasetFile, FileAssigned, FileWork
+from ess_common.events import DatasetFile, FileAssigned, FileWork, Replica
 from ess_common.messaging.outbox import add_event
 
 log = structlog.get_logger("ess.broker")
 
 #: Files whose bytes an edge holds or is about to hold.
-_IN_FLIGHT = (FileStatus.ASSIGNED, FileStatus.CACHED)
+IN_FLIGHT = (FileStatus.ASSIGNED, FileStatus.CACHED)
 
 
-async def live_candidates(session: AsyncSession, lost_after: timedelta) -> list[Candidate]:
-    edges = (
-        await session.scalars(
-            select(Edge).where(
-                Edge.status == EdgeStatus.ALIVE, Edge.last_heartbeat >= utcnow() - lost_after
-            )
+async def _lock_live_edges(session: AsyncSession, lost_after: timedelta) -> list[Edge]:
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite has no row locks: a write takes the database's write lock now, before the
+        # reads below, which is what the row locks do on PostgreSQL.
+        await session.execute(
+            update(Edge)
+            .where(Edge.name.is_(None))
+            .values(queued=Edge.queued)
+            .execution_options(synchronize_session=False)
         )
-    ).all()
-    if not edges:
-        return []
-    promised: dict[str | None, int] = dict(
+    return list(
         (
-            await session.execute(
-                select(File.edge, func.coalesce(func.sum(File.size), 0))
-                .where(File.status.in_(_IN_FLIGHT), File.edge.in_([e.name for e in edges]))
-                .group_by(File.edge)
+            await session.scalars(
+                select(Edge)
+                .where(
+                    Edge.status == EdgeStatus.ALIVE,
+                    Edge.last_heartbeat >= utcnow() - lost_after,
+                )
+                .order_by(Edge.name)
+                .with_for_update()
+                # What was waited for may have changed the row: read it as it is now.
+                .execution_options(populate_existing=True)
             )
         ).all()
     )
-    return [
-        Candidate(
-            name=e.name,
-            site=e.site,
-            region=e.region,
-            # The heartbeat's free space already counts what the edge holds; what it was
-            # promised and has not yet fetched is the part it cannot know about.
-            available_bytes=min(e.free_bytes, e.quota_bytes - int(promised.get(e.name, 0))),
-            capacity_bytes=e.quota_bytes,
-            queued=e.queued,
+
+
+async def live_candidates(session: AsyncSession, lost_after: timedelta) -> list[Candidate]:
+    """The edges that may take work, locked until the transaction ends."""
+    edges = await _lock_live_edges(session, lost_after)
+    if not edges:
+        return []
+    promised: dict[str | None, tuple[int, int]] = {
+        edge: (int(total), int(count))
+        for edge, total, count in (
+            await session.execute(
+                select(File.edge, func.coalesce(func.sum(File.size), 0), func.count())
+                .where(File.status.in_(IN_FLIGHT), File.edge.in_([e.name for e in edges]))
+                .group_by(File.edge)
+            )
+        ).all()
+    }
+    candidates = []
+    for e in edges:
+        promised_bytes, unfinished = promised.get(e.name, (0, 0))
+        candidates.append(
+            Candidate(
+                name=e.name,
+                site=e.site,
+                region=e.region,
+                # What the edge can free already counts what it holds; what it was promised
+                # and has not yet fetched is the part it cannot know about.
+                available_bytes=min(e.free_bytes, e.quota_bytes - promised_bytes),
+                capacity_bytes=e.quota_bytes,
+                queued=max(e.queued, unfinished),
+            )
         )
-        for e in edges
-    ]
+    return candidates
 
 
 def file_work(request: Request, f: File) -> FileWork:
@@ -83,15 +116,21 @@ def file_work(request: Request, f: File) -> FileWork:
             size=f.size,
             adler32=f.adler32,
             sources=list(f.sources),
+            replicas=[Replica.model_validate(r) for r in f.replicas or []],
         ),
     )
 
 
 async def assign_pending(
-    session: AsyncSession, lost_after: timedelta, *, request_id: str | None = None, limit: int = 500
+    session: AsyncSession,
+    lost_after: timedelta,
+    *,
+    request_id: str | None = None,
+    limit: int = 500,
+    max_queued: int | None = None,
 ) -> int:
     """Give pending files to live edges; returns how many were assigned."""
-    candidates = await live_candidates(session, lost_after)
+    candidates = {c.name: c for c in await live_candidates(session, lost_after)}
     if not candidates:
         return 0
     query = (
@@ -112,11 +151,15 @@ async def assign_pending(
     assigned = 0
     touched: set[str] = set()
     for f, request in rows:
-        pool = [
-            Candidate(**{**c.__dict__, "available_bytes": c.available_bytes - taken[c.name]})
-            for c in candidates
-        ]
-        edge = choose_edge(f"{f.scope}:{f.lfn}", f.size, pool)
+        sites, regions = replica_places(f.replicas or [])
+        edge = choose_edge(
+            f"{f.scope}:{f.lfn}",
+            f.size,
+            list(candidates.values()),
+            replica_sites=sites,
+            replica_regions=regions,
+            max_queued=max_queued,
+        )
         if edge is None:
             continue
         # Compare-and-set: SQLite has no SKIP LOCKED, so another assigner (the sweep, a
@@ -129,7 +172,17 @@ async def assign_pending(
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             continue
-        await session.refresh(f)
+        # What the claim wrote, without reading the row back: one round trip less per file.
+        for name, value in (
+            ("status", FileStatus.ASSIGNED),
+            ("edge", edge.name),
+            ("attempt", f.attempt + 1),
+            ("error", None),
+        ):
+            set_committed_value(f, name, value)
+        candidates[edge.name] = replace(
+            edge, available_bytes=edge.available_bytes - f.size, queued=edge.queued + 1
+        )
         taken[edge.name] += f.size
         add_event(session, FileAssigned(work=file_work(request, f), correlation_id=request.id))
         touched.add(request.id)
@@ -146,23 +199,50 @@ async def assign_pending(
 
 
 async def reclaim_lost_edges(session: AsyncSession, lost_after: timedelta) -> list[str]:
-    """Mark silent edges lost and put their unfinished files back to pending."""
-    lost = (
+    """Mark silent edges lost and put their unfinished files back to pending.
+
+    A silent draining edge stays draining (the operator's word outlives the outage) but its
+    unfinished files move all the same. Returns the edges whose work was taken back now.
+    """
+    silent = (
         await session.scalars(
-            update(Edge)
+            select(Edge)
             .where(
                 Edge.status.in_((EdgeStatus.ALIVE, EdgeStatus.DRAINING)),
                 Edge.last_heartbeat < utcnow() - lost_after,
             )
-            .values(status=EdgeStatus.LOST)
-            .returning(Edge.name)
+            .order_by(Edge.name)
+            .with_for_update()
         )
     ).all()
+    if not silent:
+        return []
+    lost = [e.name for e in silent if e.status == EdgeStatus.ALIVE]
     if lost:
-        moved = await session.execute(
-            update(File)
-            .where(File.edge.in_(lost), File.status.in_(_IN_FLIGHT))
-            .values(status=FileStatus.PENDING, edge=None)
+        await session.execute(
+            update(Edge)
+            .where(Edge.name.in_(lost))
+            .values(status=EdgeStatus.LOST)
+            .execution_options(synchronize_session=False)
         )
-        log.warning("edges.lost", edges=list(lost), files_moved=moved.rowcount)  # type: ignore[attr-defined]
-    return list(lost)
+    names = [e.name for e in silent]
+    held: dict[str | None, int] = dict(
+        (
+            await session.execute(
+                select(File.edge, func.count())
+                .where(File.edge.in_(names), File.status.in_(IN_FLIGHT))
+                .group_by(File.edge)
+            )
+        ).all()
+    )
+    if held:
+        await session.execute(
+            update(File)
+            .where(File.edge.in_(names), File.status.in_(IN_FLIGHT))
+            .values(status=FileStatus.PENDING, edge=None)
+            .execution_options(synchronize_session=False)
+        )
+    reclaimed = sorted(set(lost) | {name for name in held if name is not None})
+    if reclaimed:
+        log.warning("edges.lost", edges=reclaimed, files_moved=sum(held.values()))
+    return reclaimed

@@ -3,7 +3,8 @@
 Every result names the assignment attempt it belongs to; a result of an older attempt (the
 file was moved to another edge meanwhile) changes nothing, so nothing is counted twice.
 When the last file of a request is split, `request.ready` goes to the outbox in the same
-transaction.
+transaction; each split file is announced as `file.ready` when the request asked for it. A
+result for a file of a cancelled request changes nothing: the file is no longer in flight.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ess_common.errors import BadMessage
 from ess_common.events import (
     FileCached,
     FileFailed,
+    FileReady,
     FileWork,
     RequestFailed,
     RequestReady,
@@ -83,6 +85,8 @@ async def handle_split_done(session: AsyncSession, event: SplitDone) -> None:
     request = await _lock_request(session, event.work.request_id)
     f = await _current_file(session, event.work)
     if f is None or f.status not in (FileStatus.ASSIGNED, FileStatus.CACHED):
+        if f is not None and f.status == FileStatus.CANCELLED:
+            log.info("result.for_cancelled_request", file_id=f.id)
         return
     f.status = FileStatus.SPLIT
     session.add_all(
@@ -101,6 +105,21 @@ async def handle_split_done(session: AsyncSession, event: SplitDone) -> None:
     )
     await session.flush()
     log.info("file.split", file_id=f.id, ranges=len(event.ranges), edge=f.edge)
+    if request.notify_files:
+        add_event(
+            session,
+            FileReady(
+                request_id=request.id,
+                dataset=request.dataset,
+                idempotency_key=request.idempotency_key,
+                file_id=f.id,
+                scope=f.scope,
+                lfn=f.lfn,
+                n_events=f.n_events,
+                n_ranges=len(event.ranges),
+                correlation_id=request.id,
+            ),
+        )
     await _finish_if_complete(session, request)
 
 

@@ -1,4 +1,11 @@
-"""Edge registry: heartbeats register an edge and keep it alive."""
+"""Edge registry: heartbeats register an edge, keep it alive and bring a lost one back.
+
+The head records as an edge's free space what the edge could make free: its free bytes plus
+what it would evict (cached inputs and pulled-through range files nothing pins), since that is
+the room a new file can have. An operator's drain or disable outlives heartbeats; a lost edge
+that heartbeats again is alive, for new work only (its old files were moved, and results of
+their old attempts count for nothing).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,9 @@ log = structlog.get_logger("ess.edges")
 
 def _apply(edge: Edge, beat: EdgeHeartbeat) -> None:
     edge.site, edge.region, edge.url = beat.site, beat.region, beat.url
-    edge.quota_bytes, edge.free_bytes = beat.quota_bytes, beat.free_bytes
+    edge.latitude, edge.longitude = beat.latitude, beat.longitude
+    edge.quota_bytes = beat.quota_bytes
+    edge.free_bytes = min(beat.quota_bytes, beat.free_bytes + beat.evictable_bytes)
     edge.queued, edge.load, edge.version = beat.queued, beat.load, beat.version
     edge.last_heartbeat = utcnow()
 
@@ -37,7 +46,6 @@ async def handle_heartbeat(session: AsyncSession, beat: EdgeHeartbeat) -> None:
     # first ignored, go lost and never come back. Heartbeats expire in the queue, so a late
     # one is at most seconds old; the next one corrects what it says.
     if edge.status == EdgeStatus.LOST:
-        # Back from the dead: it gets new work only; its old files were already moved.
         edge.status = EdgeStatus.ALIVE
         log.info("edge.returned", edge=beat.edge)
     _apply(edge, beat)

@@ -3,7 +3,8 @@
 Consumes `request.created`, `edge.heartbeat`, the edges' results (`file.cached.*`,
 `split.done.*`, `file.failed.*`) and every dead letter; produces `file.assigned.<edge>`,
 `request.ready` and `request.failed` through the outbox. A periodic sweep marks silent edges
-lost, moves their work and assigns what is pending.
+lost, moves their work and assigns what is pending. Once edge tokens are configured, a
+heartbeat or result without a valid edge signature is dead-lettered, never handled.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from ess_broker.assignment import assign_pending, reclaim_lost_edges
 from ess_broker.bookkeeping import handle_file_cached, handle_file_failed, handle_split_done
 from ess_broker.dead_letters import record_dead_letter
 from ess_broker.edges import handle_heartbeat
+from ess_broker.retention import RangeRetention
 from ess_common.db.models import Request
 from ess_common.db.requests import as_spec, record_request
 from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.errors import Forbidden
 from ess_common.events import (
     EdgeHeartbeat,
     FileCached,
@@ -29,7 +32,15 @@ from ess_common.events import (
     RequestCreated,
     SplitDone,
 )
-from ess_common.messaging.bus import Bus, Delivery, audit_queue, dead_exchange
+from ess_common.messaging.bus import (
+    EDGE_SIGNATURE_HEADER,
+    Bus,
+    Delivery,
+    Handler,
+    audit_queue,
+    dead_exchange,
+    signed_by_one_of,
+)
 from ess_common.messaging.handlers import flush_quietly, transactional
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.runtime import every
@@ -48,6 +59,7 @@ class Broker:
         self.sessions = sessions
         self.relay = OutboxRelay(sessions, bus)
         self.lost_after = timedelta(seconds=settings.edge_lost_after_s)
+        self.retention = RangeRetention(settings, sessions)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def handle_request_created(self, session: AsyncSession, event: RequestCreated) -> None:
@@ -57,7 +69,12 @@ class Broker:
         structlog.contextvars.bind_contextvars(request_id=request.id)
         if created:
             log.info("request.recorded", dataset=request.dataset, files=len(event.files))
-        await assign_pending(session, self.lost_after, request_id=request.id)
+        await assign_pending(
+            session,
+            self.lost_after,
+            request_id=request.id,
+            max_queued=self.settings.edge_max_queued,
+        )
 
     @staticmethod
     async def _new_request_id(session: AsyncSession, event: RequestCreated) -> str | None:
@@ -86,11 +103,29 @@ class Broker:
         async with unit_of_work(self.sessions) as session:
             await record_dead_letter(session, delivery)
 
+    def from_edges(self, handler: Handler) -> Handler:
+        """The handler, behind a check that the message was signed with an edge token."""
+        tokens = self.settings.tokens.get("edge", [])
+        if not tokens:
+            return handler
+
+        async def verified(delivery: Delivery) -> None:
+            if EDGE_SIGNATURE_HEADER not in delivery.headers:
+                raise Forbidden("edge signature missing")
+            if not signed_by_one_of(delivery.body, delivery.headers, tokens):
+                raise Forbidden("edge signature invalid")
+            await handler(delivery)
+
+        return verified
+
     async def sweep(self) -> None:
+        # Separate transactions: the edge rows locked to reclaim are not held while assigning.
         async with unit_of_work(self.sessions) as session:
             await reclaim_lost_edges(session, self.lost_after)
-            await assign_pending(session, self.lost_after)
+        async with unit_of_work(self.sessions) as session:
+            await assign_pending(session, self.lost_after, max_queued=self.settings.edge_max_queued)
         await flush_quietly(self.relay)
+        await self.retention.sweep()
 
     async def start(self) -> None:
         await self.bus.consume(
@@ -101,19 +136,23 @@ class Broker:
         await self.bus.consume(
             f"{self.bus.exchange}.broker.heartbeats",
             ["edge.heartbeat"],
-            transactional(self.sessions, self.relay, {EdgeHeartbeat: self.handle_heartbeat}),
+            self.from_edges(
+                transactional(self.sessions, self.relay, {EdgeHeartbeat: self.handle_heartbeat})
+            ),
         )
         await self.bus.consume(
             f"{self.bus.exchange}.broker.results",
             ["file.cached.*", "split.done.*", "file.failed.*"],
-            transactional(
-                self.sessions,
-                self.relay,
-                {
-                    FileCached: self.handle_file_cached,
-                    SplitDone: self.handle_split_done,
-                    FileFailed: self.handle_file_failed,
-                },
+            self.from_edges(
+                transactional(
+                    self.sessions,
+                    self.relay,
+                    {
+                        FileCached: self.handle_file_cached,
+                        SplitDone: self.handle_split_done,
+                        FileFailed: self.handle_file_failed,
+                    },
+                )
             ),
         )
         await self.bus.consume(
@@ -134,3 +173,4 @@ class Broker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.retention.close()

@@ -1,13 +1,19 @@
-"""`python -m ess_edge`: run one edge (heartbeat, precacher, splitter) until SIGTERM."""
+"""`python -m ess_edge`: run one edge (heartbeat, server, evictor, precacher, splitter) until
+SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 
+import httpx
+
+from ess_common.cache_space import CacheSpace
 from ess_common.logs import configure_logging
 from ess_common.messaging.factory import make_bus
 from ess_common.runtime import run_until_signalled
 from ess_common.settings import EdgeSettings
+from ess_common.store.factory import make_store
+from ess_edge.server import EdgeState, create_edge_app, make_server
 from ess_edge.service import Edge
 from ess_edge.supervisor import worker_children
 
@@ -16,14 +22,23 @@ async def run(settings: EdgeSettings) -> None:
     if settings.bus_url.startswith("memory://"):
         raise SystemExit("an edge process needs a shared bus: set ESS_BUS_URL to amqp://...")
     bus = make_bus(settings)
-    edge = Edge(settings, bus, worker_children())
+    store = make_store(settings)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+    space = CacheSpace(
+        settings.edge_cache_dir, settings.edge_quota_bytes, pin_ttl_s=settings.edge_pin_ttl_s
+    )
+    app = create_edge_app(EdgeState.build(settings, store, space, http))
+    edge = Edge(settings, bus, worker_children(), server=make_server(app, settings))
 
     async def start() -> None:
         await bus.start()
+        await store.start()
         await edge.start()
 
     async def stop() -> None:
         await edge.stop()
+        await http.aclose()
+        await store.close()
         await bus.close()
 
     await run_until_signalled(start, stop)

@@ -1,4 +1,5 @@
-"""Heartbeats: an edge tells the head it is alive, where it is, its free space and its load."""
+"""Heartbeats: an edge tells the head it is alive, where it is and where it serves pilots, its
+free space (less what downloads and splits have reserved), what it could evict, and its load."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import os
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 
-from ess_common.edge_work import cache_usage, edge_queues
+from ess_common.cache_space import CacheSpace
+from ess_common.edge_work import edge_queues
 from ess_common.events import EdgeHeartbeat
 from ess_common.messaging.bus import Bus, publish_event
 from ess_common.settings import EdgeSettings
@@ -20,9 +22,13 @@ def ess_version() -> str:
         return "unknown"
 
 
-async def make_heartbeat(settings: EdgeSettings, bus: Bus) -> EdgeHeartbeat:
+async def make_heartbeat(
+    settings: EdgeSettings, bus: Bus, *, url: str | None = None
+) -> EdgeHeartbeat:
+    """`url` is where the edge serves pilots (its server's), else the configured one."""
     cache = settings.edge_cache_dir
-    used = await asyncio.to_thread(cache_usage, cache)
+    space = CacheSpace(cache, settings.edge_quota_bytes, pin_ttl_s=settings.edge_pin_ttl_s)
+    usage = await asyncio.to_thread(space.usage)
     disk_free = shutil.disk_usage(cache).free
     queued = 0
     for queue in edge_queues(bus.exchange, settings.edge_name):
@@ -31,16 +37,24 @@ async def make_heartbeat(settings: EdgeSettings, bus: Bus) -> EdgeHeartbeat:
         edge=settings.edge_name,
         site=settings.edge_site,
         region=settings.edge_region,
-        url=settings.edge_url,
+        url=url or settings.edge_url,
+        latitude=settings.edge_latitude,
+        longitude=settings.edge_longitude,
         quota_bytes=settings.edge_quota_bytes,
-        free_bytes=max(0, min(settings.edge_quota_bytes - used, disk_free)),
+        free_bytes=max(0, min(usage.free, disk_free)),
+        evictable_bytes=usage.evictable,
         queued=queued,
         load=os.getloadavg()[0] / (os.cpu_count() or 1),
         version=ess_version(),
     )
 
 
-async def send_heartbeat(settings: EdgeSettings, bus: Bus) -> None:
-    beat = await make_heartbeat(settings, bus)
+async def send_heartbeat(settings: EdgeSettings, bus: Bus, *, url: str | None = None) -> None:
+    beat = await make_heartbeat(settings, bus, url=url)
     # A heartbeat is only news while it is fresh: an old one must not pile up in the queue.
-    await publish_event(bus, beat, expiration_s=max(10.0, 3 * settings.heartbeat_interval_s))
+    await publish_event(
+        bus,
+        beat,
+        expiration_s=max(10.0, 3 * settings.heartbeat_interval_s),
+        signed_with=settings.edge_token,
+    )

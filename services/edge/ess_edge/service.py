@@ -1,7 +1,9 @@
-"""The edge daemon: declares its queues, starts its workers, heartbeats until stopped.
+"""The edge daemon: declares its queues, serves pilots, starts its workers, evicts, heartbeats
+until stopped.
 
-Its queues are declared before the first heartbeat, so the broker never sends it work that
-has nowhere to go. It keeps no state of its own: a wiped cache only means fetching again.
+Its queues are declared and its server answers before the first heartbeat, so the broker never
+sends it work that has nowhere to go and the head never points a pilot at it too early. It
+keeps no state of its own: a wiped cache only means fetching again.
 """
 
 from __future__ import annotations
@@ -10,42 +12,91 @@ import asyncio
 
 import structlog
 
+from ess_common.cache_space import CacheSpace
 from ess_common.edge_work import edge_queues
 from ess_common.messaging.bus import Bus
 from ess_common.runtime import every
 from ess_common.settings import EdgeSettings
+from ess_edge.cache import Evictor
 from ess_edge.heartbeat import send_heartbeat
+from ess_edge.server import EdgeServer
 from ess_edge.supervisor import Child
 
 log = structlog.get_logger("ess.edge")
 
 
 class Edge:
-    def __init__(self, settings: EdgeSettings, bus: Bus, children: list[Child]) -> None:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        bus: Bus,
+        children: list[Child],
+        *,
+        server: EdgeServer | None = None,
+    ) -> None:
         self.settings = settings
         self.bus = bus
         self.children = children
-        self._heartbeat: asyncio.Task[None] | None = None
+        self.server = server
+        self.space = CacheSpace(
+            settings.edge_cache_dir, settings.edge_quota_bytes, pin_ttl_s=settings.edge_pin_ttl_s
+        )
+        self.evictor = Evictor(settings, self.space)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._serving: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str | None:
+        """Where pilots reach this edge: only while it serves them."""
+        return self.settings.public_url if self.server is not None else self.settings.edge_url
 
     async def start(self) -> None:
         self.settings.edge_cache_dir.mkdir(parents=True, exist_ok=True)
         for queue, bindings in edge_queues(self.bus.exchange, self.settings.edge_name).items():
             await self.bus.declare(queue, bindings)
+        if self.server is not None:
+            await self._serve(self.server)
+        # The evictor first: a worker's download waits for room only while one runs.
+        self._tasks = [
+            asyncio.create_task(
+                every(self.settings.edge_evict_interval_s, self.evictor.run_once, "evict"),
+                name="edge-evict",
+            )
+        ]
         for child in self.children:
             child.start()
-        self._heartbeat = asyncio.create_task(
-            every(self.settings.heartbeat_interval_s, self.heartbeat, "heartbeat"),
-            name="edge-heartbeat",
+        self._tasks.append(
+            asyncio.create_task(
+                every(self.settings.heartbeat_interval_s, self.heartbeat, "heartbeat"),
+                name="edge-heartbeat",
+            )
         )
         log.info(
-            "edge.started", edge=self.settings.edge_name, cache=str(self.settings.edge_cache_dir)
+            "edge.started",
+            edge=self.settings.edge_name,
+            cache=str(self.settings.edge_cache_dir),
+            url=self.url,
         )
 
+    async def _serve(self, server: EdgeServer) -> None:
+        serving = asyncio.create_task(server.serve(), name="edge-server")
+        self._serving = serving
+        while not server.started:
+            if serving.done():
+                serving.result()  # the reason it could not start (a port in use, ...)
+                raise RuntimeError("the edge's server stopped before it started")
+            await asyncio.sleep(0.02)
+
     async def heartbeat(self) -> None:
-        await send_heartbeat(self.settings, self.bus)
+        await send_heartbeat(self.settings, self.bus, url=self.url)
 
     async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         await asyncio.gather(*(child.stop() for child in self.children))
+        if self.server is not None and self._serving is not None:
+            self.server.should_exit = True
+            await asyncio.gather(self._serving, return_exceptions=True)
+            self._serving = None

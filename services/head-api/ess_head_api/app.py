@@ -1,9 +1,22 @@
-"""The head API application; errors are mapped to HTTP answers here, once."""
+"""The head API application; errors are mapped to HTTP answers here, once.
+
+Every `/v1` router but the signed object downloads and the published schema is included
+behind a bearer token (`auth.authenticated`); each route names its roles with `auth.require`.
+While served, the app also expires old requests every `expire_interval_s`.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 
 from ess_common.errors import (
     Conflict,
@@ -14,7 +27,21 @@ from ess_common.errors import (
     RetryableError,
     Unauthorized,
 )
-from ess_head_api.routes import edges, health, objects, ranges, requests
+from ess_common.runtime import every
+from ess_head_api.auth import AUTH_RESPONSES, TokenBook, announce, authenticated
+from ess_head_api.lifecycle import expire
+from ess_head_api.routes import (
+    admin,
+    edges,
+    events,
+    files,
+    health,
+    objects,
+    ranges,
+    requests,
+    schemas,
+)
+from ess_head_api.routes.events import StreamCount
 from ess_head_api.state import HeadState
 
 _STATUS: list[tuple[type[EssError], int]] = [
@@ -27,6 +54,54 @@ _STATUS: list[tuple[type[EssError], int]] = [
 ]
 
 
+class ErrorAnswer(BaseModel):
+    """What every refusal of ESS's own says: the reason, for a person to read."""
+
+    detail: str
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorAnswer"}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document as the app answers: a 422 is either FastAPI's list of validation
+    problems or one of our reasons, every other refusal is one of our reasons."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["ErrorAnswer"] = (
+        ErrorAnswer.model_json_schema()
+    )
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if path.startswith("/v1/"):
+                responses.setdefault(
+                    "503", {"description": "a server ESS needs is unavailable; see Retry-After"}
+                )
+            if "requestBody" in operation:
+                responses.setdefault("400", {"description": "the body is not JSON"})
+            if "{" in path:
+                # Every path parameter names something recorded: it may not exist.
+                responses.setdefault("404", {"description": "nothing of this name is known"})
+            for code, response in responses.items():
+                if code == "422":
+                    content = response.setdefault("content", {}).setdefault("application/json", {})
+                    validation = content.get("schema", {"$ref": _ERROR_REF["$ref"]})
+                    content["schema"] = {"anyOf": [validation, _ERROR_REF]}
+                elif code[0] in "45" and "content" not in response:
+                    response["content"] = {"application/json": {"schema": _ERROR_REF}}
+    return schema
+
+
+def bad_value(exc: DBAPIError) -> bool:
+    """Whether the database refused a value the client gave (text it cannot hold, a number out
+    of its range): SQLSTATE class 22, or the driver's own refusal (a ValueError)."""
+    seen: BaseException | None = exc.orig
+    while seen is not None:
+        if isinstance(seen, ValueError) or str(getattr(seen, "sqlstate", "")).startswith("22"):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def status_of(exc: EssError) -> int:
     for kind, code in _STATUS:
         if isinstance(exc, kind):
@@ -35,19 +110,73 @@ def status_of(exc: EssError) -> int:
 
 
 def create_app(state: HeadState) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def expire_old() -> None:
+            await expire(state.sessions, state.store, state.settings.request_ttl_s)
+
+        task = asyncio.create_task(
+            every(state.settings.expire_interval_s, expire_old, "expire"), name="head-expire"
+        )
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     app = FastAPI(
         title="ESS head API",
         summary="Event Streaming Service: datasets prepared as event-range files for PanDA",
         version="1",
+        lifespan=lifespan,
     )
     app.state.head = state
+    app.state.tokens = TokenBook.from_settings(state.settings.tokens)
+    app.state.streams = StreamCount()
+    announce(app.state.tokens)
 
     @app.exception_handler(EssError)
     async def ess_error(_: Request, exc: EssError) -> JSONResponse:
         code = status_of(exc)
         headers = {"Retry-After": "5"} if code == 503 else None
+        if code == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="ess"'}
         return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
 
-    for module in (requests, ranges, edges, objects, health):
+    @app.exception_handler(DBAPIError)
+    async def database_refused(_: Request, exc: DBAPIError) -> JSONResponse:
+        if not bad_value(exc):
+            raise exc
+        return JSONResponse(
+            {
+                "detail": "a value of the request cannot be stored or looked up (a NUL "
+                "character, invalid Unicode, a number out of range or a text too long)"
+            },
+            status_code=422,
+        )
+
+    for module in (requests, events, ranges, files, edges, admin):
+        app.include_router(
+            module.router, dependencies=[Depends(authenticated)], responses=AUTH_RESPONSES
+        )
+    app.include_router(
+        objects.router,
+        responses={403: {"description": "the URL's signature does not match or it has expired"}},
+    )
+    for module in (schemas, health):
         app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    summary=app.summary,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

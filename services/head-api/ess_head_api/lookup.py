@@ -1,58 +1,111 @@
-"""Finding the prepared files that hold a PanDA event range.
+"""Finding the prepared files that hold a PanDA event range, with signed URLs and, when the
+pilot says where it runs, the closest live edge that serves the same file.
 
-PanDA counts events by their 1-based position in the original file; so do the ranges in
-the bookkeeping. Among the prepared copies of a file (several requests may have split it at
-different granularities), the one that covers the asked events with the fewest pieces wins;
-a range that straddles two range files is answered with both pieces.
+The rule (positions, copies, straddling ranges) is `ess_common.ranges`, shared with the edges.
+Any live edge serves any range file (it pulls it through from the object store on a miss);
+among the closest ones the object key picks one by rendezvous hashing, so that pilots asking
+for the same file go to the same edge and find it cached there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections import defaultdict
-from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common.db.models import File, Range
-from ess_common.errors import NotFound, PermanentError
+from ess_common.db.models import Edge, EdgeStatus, File, Range, utcnow
+from ess_common.ranges import RangeNotPrepared as RangeNotPrepared
+from ess_common.ranges import RangeOutsideFile as RangeOutsideFile
+from ess_common.ranges import best_cover, check_asked, make_piece, not_prepared
+from ess_common.ranges import covering as covering
 from ess_common.store.base import ObjectStore
-from ess_head_api.schemas import LookupAnswer, Piece
+from ess_head_api.schemas import LookupAnswer
 
 
-class RangeNotPrepared(NotFound):
-    def __init__(self, scope: str, lfn: str, start: int, last: int, why: str) -> None:
-        super().__init__("event range", f"{scope}:{lfn} events {start}-{last}")
-        self.args = (f"events {start}-{last} of {scope}:{lfn} {why}",)
+class PilotPlace(BaseModel):
+    """Where the pilot runs, to be pointed at a close edge; all optional."""
+
+    site: str | None = Field(default=None, max_length=255, description="the pilot's grid site")
+    region: str | None = Field(default=None, max_length=255, description="the pilot's region")
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    longitude: float | None = Field(default=None, ge=-180, le=180)
+
+    @property
+    def given(self) -> bool:
+        located = self.latitude is not None and self.longitude is not None
+        return bool(self.site or self.region or located)
 
 
-class RangeOutsideFile(PermanentError):
-    pass
+def _distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371.0 * math.asin(math.sqrt(min(1.0, h)))
 
 
-def covering(ranges: Sequence[Range], start: int, last: int) -> list[Range] | None:
-    """The ranges (sorted by first event) if together they hold every event start..last."""
-    needed = start
-    chosen: list[Range] = []
-    for r in ranges:
-        if r.first_event > needed:
+@dataclass(frozen=True)
+class EdgeHint:
+    """The live edges closest to one pilot: `(name, url)` of the best tier found (same site,
+    else same region, else the nearest by coordinates)."""
+
+    edges: tuple[tuple[str, str], ...]
+
+    def url_for(self, key: str) -> str | None:
+        if not self.edges:
             return None
-        if r.last_event >= needed:
-            chosen.append(r)
-            needed = r.last_event + 1
-        if needed > last:
-            return chosen
-    return None
+        _, url = max(
+            self.edges,
+            key=lambda e: hashlib.blake2b(f"{key}|{e[0]}".encode(), digest_size=8).digest(),
+        )
+        return f"{url}/v1/objects/{key}"
+
+
+async def edge_hint(
+    session: AsyncSession, lost_after_s: float, place: PilotPlace | None
+) -> EdgeHint | None:
+    """None when the pilot did not say where it runs: it gets the object store only."""
+    if place is None or not place.given:
+        return None
+    lost_after = timedelta(seconds=lost_after_s)
+    live = (
+        await session.scalars(
+            select(Edge).where(
+                Edge.status == EdgeStatus.ALIVE,
+                Edge.last_heartbeat >= utcnow() - lost_after,
+                Edge.url.is_not(None),
+            )
+        )
+    ).all()
+    tiers = [
+        [e for e in live if place.site and e.site == place.site],
+        [e for e in live if place.region and e.region == place.region],
+    ]
+    if place.latitude is not None and place.longitude is not None:
+        located = [e for e in live if e.latitude is not None and e.longitude is not None]
+        if located:
+
+            def km(e: Edge) -> float:
+                assert e.latitude is not None and e.longitude is not None
+                assert place is not None and place.latitude is not None
+                assert place.longitude is not None
+                return _distance_km(place.latitude, place.longitude, e.latitude, e.longitude)
+
+            nearest = min(km(e) for e in located)
+            tiers.append([e for e in located if km(e) <= nearest + 1.0])
+    best = next((tier for tier in tiers if tier), [])
+    return EdgeHint(tuple((e.name, (e.url or "").rstrip("/")) for e in best))
 
 
 async def find_pieces(
     session: AsyncSession, scope: str, lfn: str, start: int, last: int
 ) -> list[Range]:
-    if start < 1 or last < start:
-        raise RangeOutsideFile(
-            f"startEvent {start} and lastEvent {last} must satisfy 1 <= startEvent <= lastEvent "
-            "(1-based positions in the original file, PanDA's convention)"
-        )
+    check_asked(start, last)
     rows = (
         await session.scalars(
             select(Range)
@@ -68,17 +121,13 @@ async def find_pieces(
     by_file: dict[int, list[Range]] = defaultdict(list)
     for r in rows:
         by_file[r.file_id].append(r)
-    options = [c for c in (covering(rs, start, last) for rs in by_file.values()) if c]
-    if options:
-        return min(options, key=lambda c: (len(c), -c[0].file_id))
+    found = best_cover(by_file.items(), start, last)
+    if found is not None:
+        return found
     n_events = await session.scalar(
         select(func.max(File.n_events)).where(File.scope == scope, File.lfn == lfn)
     )
-    if n_events is None:
-        raise RangeNotPrepared(scope, lfn, start, last, "are not known: no request holds the file")
-    if last > n_events:
-        raise RangeOutsideFile(f"lastEvent {last} is beyond the {n_events} events of {scope}:{lfn}")
-    raise RangeNotPrepared(scope, lfn, start, last, "are not prepared (yet)")
+    raise not_prepared(scope, lfn, start, last, n_events)
 
 
 async def answer(
@@ -89,24 +138,22 @@ async def answer(
     lfn: str,
     start: int,
     last: int,
+    hint: EdgeHint | None = None,
 ) -> LookupAnswer:
     pieces = await find_pieces(session, scope, lfn, start, last)
-    out = []
-    for r in pieces:
-        lo, hi = max(start, r.first_event), min(last, r.last_event)
-        out.append(
-            Piece(
-                url=await store.signed_url(r.object_key, ttl_s),
-                key=r.object_key,
-                size=r.size,
-                adler32=r.adler32,
-                file_first_event=r.first_event,
-                file_last_event=r.last_event,
-                start_event=lo,
-                last_event=hi,
-                local_start_event=lo - r.first_event + 1,
-                local_last_event=hi - r.first_event + 1,
-                expires_in_s=ttl_s,
-            )
+    out = [
+        make_piece(
+            first_event=r.first_event,
+            last_event=r.last_event,
+            key=r.object_key,
+            size=r.size,
+            adler32=r.adler32,
+            start=start,
+            last=last,
+            url=await store.signed_url(r.object_key, ttl_s),
+            expires_in_s=ttl_s,
+            edge_url=hint.url_for(r.object_key) if hint is not None else None,
         )
+        for r in pieces
+    ]
     return LookupAnswer(scope=scope, lfn=lfn, start_event=start, last_event=last, pieces=out)

@@ -6,6 +6,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The lookup's answers are shared with the edges, which answer pilots the same way.
+from ess_common.ranges import LookupAnswer as LookupAnswer
+from ess_common.ranges import Piece as Piece
+
 
 class Answer(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
@@ -55,34 +59,6 @@ class EdgeView(Answer):
     version: str
 
 
-class Piece(Answer):
-    """One prepared file holding part (or all) of an asked event range.
-
-    Event numbers are 1-based positions in the original file, as PanDA counts them;
-    `local_*` are the same events counted from 1 within this piece's file.
-    """
-
-    url: str = Field(description="short-lived signed URL, made at lookup time")
-    key: str
-    size: int
-    adler32: str
-    file_first_event: int = Field(description="first event the piece's file holds")
-    file_last_event: int = Field(description="last event the piece's file holds")
-    start_event: int = Field(description="first asked event in this piece")
-    last_event: int = Field(description="last asked event in this piece")
-    local_start_event: int = Field(description="start_event counted within the piece's file")
-    local_last_event: int = Field(description="last_event counted within the piece's file")
-    expires_in_s: int
-
-
-class LookupAnswer(Answer):
-    scope: str
-    lfn: str
-    start_event: int
-    last_event: int
-    pieces: list[Piece]
-
-
 class DeadLetterView(Answer):
     id: int
     queue: str
@@ -91,3 +67,40 @@ class DeadLetterView(Answer):
     request_id: str | None
     created_at: datetime
     body: str
+
+
+class RangeView(Answer):
+    """One event-range file of a request, as the bookkeeping records it."""
+
+    id: int
+    file_id: int
+    scope: str
+    lfn: str
+    first_event: int = Field(description="1-based position in the original file")
+    last_event: int = Field(description="1-based, inclusive")
+    key: str = Field(description="object key in the store")
+    size: int
+    adler32: str
+
+
+class RangePage(Answer):
+    """A page of a request's ranges, in the order they were recorded."""
+
+    request_id: str
+    ranges: list[RangeView]
+    next_after: int | None = Field(
+        description="pass as `after` for the next page; null on the last page"
+    )
+
+
+class CancelBody(Answer):
+    reason: str = Field(default="cancelled by request", min_length=1, max_length=2000)
+
+
+class RetryAnswer(Answer):
+    files_retried: int
+    request: RequestView
+
+
+class ExpiryAnswer(Answer):
+    expired: list[str]

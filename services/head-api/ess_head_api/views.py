@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ess_common.db.models import Edge, EdgeStatus, File, Range, Request, utcnow
-from ess_head_api.schemas import EdgeView, FileProgress, RequestView
+from ess_head_api.schemas import EdgeView, FileProgress, RangePage, RangeView, RequestView
 
 
 async def request_view(session: AsyncSession, request: Request, *, with_files: bool) -> RequestView:
@@ -65,6 +65,41 @@ async def request_view(session: AsyncSession, request: Request, *, with_files: b
         files_by_status=counts,
         ranges=sum(ranges_per_file.values()),
         files=files,
+    )
+
+
+async def range_page(
+    session: AsyncSession,
+    request: Request,
+    *,
+    after: int | None,
+    limit: int,
+    file_id: int | None = None,
+) -> RangePage:
+    """Keyset pagination on the range id: a page costs the same however deep it is."""
+    query = select(Range).where(Range.request_id == request.id).order_by(Range.id).limit(limit)
+    if after is not None:
+        query = query.where(Range.id > after)
+    if file_id is not None:
+        query = query.where(Range.file_id == file_id)
+    rows = (await session.scalars(query)).all()
+    return RangePage(
+        request_id=request.id,
+        ranges=[
+            RangeView(
+                id=r.id,
+                file_id=r.file_id,
+                scope=r.scope,
+                lfn=r.lfn,
+                first_event=r.first_event,
+                last_event=r.last_event,
+                key=r.object_key,
+                size=r.size,
+                adler32=r.adler32,
+            )
+            for r in rows
+        ],
+        next_after=rows[-1].id if len(rows) == limit else None,
     )
 
 

@@ -1,9 +1,16 @@
 """The notifier daemon.
 
-Consumes `request.ready` and `request.failed`; records one notification per target (a message
-on the PanDA exchange, an HTTP callback) under a unique key, so a redelivered event adds
-nothing; then delivers the due ones, each claimed with `FOR UPDATE SKIP LOCKED` and marked
-sent in the same transaction. Failed callbacks are retried with backoff up to a limit.
+Consumes `request.ready`, `request.failed`, `request.cancelled` and `file.ready`; records one
+notification per target (a message on the PanDA exchange, an HTTP callback) under a unique
+key, so a redelivered event adds nothing; then delivers the due ones, each claimed with
+`FOR UPDATE SKIP LOCKED` and marked sent in the same transaction. Failed callbacks are retried
+with backoff up to a limit.
+
+Messages go to `panda_exchange` with the event's name as routing key unless
+`panda_routing_keys` names another. `file.ready` is a message only (one per file and target;
+the file is part of the notice's key), sent when the request asked for messages and for files.
+An event that no longer matches its request (a `request.failed` after the request was retried
+or cancelled) is not announced.
 """
 
 from __future__ import annotations
@@ -18,10 +25,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common.db.models import Notification, NotificationStatus, Request, utcnow
+from ess_common.db.models import (
+    Notification,
+    NotificationStatus,
+    Request,
+    RequestStatus,
+    utcnow,
+)
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import BadMessage, PermanentError
-from ess_common.events import RequestFailed, RequestReady
+from ess_common.events import FileReady, RequestCancelled, RequestFailed, RequestReady
 from ess_common.messaging.bus import Bus
 from ess_common.messaging.dispatch import backoff
 from ess_common.messaging.handlers import transactional
@@ -33,7 +46,32 @@ from ess_notifier.delivery import HTTP, MESSAGE, send
 log = structlog.get_logger("ess.notifier")
 
 
-def payload(event: RequestReady | RequestFailed, request: Request) -> dict[str, Any]:
+RequestEvent = RequestReady | RequestFailed | RequestCancelled
+Notice = RequestEvent | FileReady
+
+#: The request status each request event announces.
+_STATUS_OF: dict[str, RequestStatus] = {
+    "request.ready": RequestStatus.READY,
+    "request.failed": RequestStatus.FAILED,
+    "request.cancelled": RequestStatus.CANCELLED,
+}
+
+
+def payload(event: Notice, request: Request) -> dict[str, Any]:
+    """What PanDA receives (message body and callback body alike)."""
+    details: dict[str, Any]
+    if isinstance(event, RequestReady):
+        details = {"n_files": event.n_files, "n_ranges": event.n_ranges}
+    elif isinstance(event, RequestFailed | RequestCancelled):
+        details = {"reason": event.reason}
+    else:
+        details = {
+            "file_id": event.file_id,
+            "scope": event.scope,
+            "lfn": event.lfn,
+            "n_events": event.n_events,
+            "n_ranges": event.n_ranges,
+        }
     return {
         "event": event.event_type,
         "event_id": str(event.event_id),
@@ -42,12 +80,15 @@ def payload(event: RequestReady | RequestFailed, request: Request) -> dict[str, 
         "dataset": request.dataset,
         "idempotency_key": request.idempotency_key,
         "status": request.status,
-        **(
-            {"n_files": event.n_files, "n_ranges": event.n_ranges}
-            if isinstance(event, RequestReady)
-            else {"reason": event.reason}
-        ),
+        **details,
     }
+
+
+def notice_key(event: Notice) -> str:
+    """The notice's event in its unique key: per-file events are once per file."""
+    if isinstance(event, FileReady):
+        return f"{event.event_type}/{event.file_id}"
+    return event.event_type
 
 
 class Notifier:
@@ -63,25 +104,37 @@ class Notifier:
         # SQLite has no SKIP LOCKED: within one process, one delivery round at a time.
         self._delivering = asyncio.Lock()
 
-    async def handle_request_event(
-        self, session: AsyncSession, event: RequestReady | RequestFailed
-    ) -> None:
+    def message_target(self, event_type: str) -> str:
+        routing_key = self.settings.panda_routing_keys.get(event_type, event_type)
+        return f"{self.settings.panda_exchange}:{routing_key}"
+
+    def targets(self, event: Notice, request: Request) -> list[tuple[str, str]]:
+        if isinstance(event, FileReady):
+            wanted = request.notify_message and request.notify_files
+            return [(MESSAGE, self.message_target(event.event_type))] if wanted else []
+        targets: list[tuple[str, str]] = []
+        if request.notify_message:
+            targets.append((MESSAGE, self.message_target(event.event_type)))
+        if request.callback_url:
+            targets.append((HTTP, request.callback_url))
+        return targets
+
+    async def handle_request_event(self, session: AsyncSession, event: Notice) -> None:
         request = await session.get(Request, event.request_id)
         if request is None:
             raise BadMessage(f"request {event.request_id} is unknown")
-        targets: list[tuple[str, str]] = []
-        if request.notify_message:
-            targets.append((MESSAGE, f"{self.settings.panda_exchange}:{event.event_type}"))
-        if request.callback_url:
-            targets.append((HTTP, request.callback_url))
+        expected = _STATUS_OF.get(event.event_type)
+        if expected is not None and request.status != expected:
+            log.info("notice.outdated", event_type=event.event_type, status=request.status)
+            return
         body = payload(event, request)
-        for kind, target in targets:
+        for kind, target in self.targets(event, request):
             try:
                 async with session.begin_nested():
                     session.add(
                         Notification(
                             request_id=request.id,
-                            event=event.event_type,
+                            event=notice_key(event),
                             kind=kind,
                             target=target,
                             payload=body,
@@ -132,7 +185,12 @@ class Notifier:
         handler = transactional(
             self.sessions,
             self.relay,
-            {RequestReady: self.handle_request_event, RequestFailed: self.handle_request_event},
+            {
+                RequestReady: self.handle_request_event,
+                RequestFailed: self.handle_request_event,
+                RequestCancelled: self.handle_request_event,
+                FileReady: self.handle_request_event,
+            },
         )
 
         async def handle_then_deliver(delivery: Any) -> None:
@@ -141,7 +199,7 @@ class Notifier:
 
         await self.bus.consume(
             f"{self.bus.exchange}.notifier",
-            ["request.ready", "request.failed"],
+            ["request.ready", "request.failed", "request.cancelled", "file.ready"],
             handle_then_deliver,
         )
         self._task = asyncio.create_task(

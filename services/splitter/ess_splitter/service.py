@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import structlog
 
+from ess_common.cache_space import unpin
 from ess_common.edge_work import cache_path, cached_queue, work_handler
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.events import FileCached, RangeInfo, SplitDone
 from ess_common.messaging.bus import Bus
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
-from ess_splitter.rootsplit import SplitError
+from ess_splitter.parallel import split_file_parallel
+from ess_splitter.rootsplit import SplitError, SplitResult
 from ess_splitter.strategy import SplitOptions, split_file
 
 log = structlog.get_logger("ess.splitter")
@@ -46,9 +49,7 @@ class Splitter:
         shutil.rmtree(out_dir, ignore_errors=True)
         try:
             try:
-                result = await split_file(
-                    source, out_dir, work.events_per_range, f.n_events, self.split_options
-                )
+                result = await self._split(source, out_dir, work.events_per_range, f.n_events)
             except SplitError as exc:
                 raise PermanentError(str(exc)) from exc
             if result.whole_reason is not None:
@@ -81,7 +82,24 @@ class Splitter:
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
         log.info("file.split", lfn=f.lfn, ranges=len(ranges))
+        # Uploaded: the input may now be evicted and the room held for the split is free.
+        unpin(self.cache_dir, work.file_id, work.attempt)
         return SplitDone(work=work, ranges=ranges, correlation_id=event.correlation_id)
+
+    async def _split(
+        self, source: Path, out_dir: Path, events_per_range: int, n_events: int
+    ) -> SplitResult:
+        options = self.split_options
+        if self.settings.split_workers == 1 or options.command is not None:
+            return await split_file(source, out_dir, events_per_range, n_events, options)
+        return await split_file_parallel(
+            source,
+            out_dir,
+            events_per_range,
+            n_events,
+            options,
+            workers=self.settings.split_workers,
+        )
 
     async def start(self) -> None:
         await self.bus.consume(

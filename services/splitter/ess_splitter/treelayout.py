@@ -66,6 +66,10 @@ class UnsplittableFile(SplitError):
             )
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in a worker process, it crosses back to the parent by pickling.
+        return (type(self), (self.tree, self.branch, self.typename, self.reason))
+
 
 @dataclass(frozen=True)
 class TreeLayout:

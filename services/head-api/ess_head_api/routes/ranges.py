@@ -8,15 +8,21 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from ess_common.errors import EssError
-from ess_head_api.lookup import answer
+from ess_common.events import MAX_EVENT
+from ess_head_api.auth import LOOKERS, require
+from ess_head_api.lookup import PilotPlace, answer, edge_hint
 from ess_head_api.schemas import LookupAnswer, Piece
 from ess_head_api.state import HeadState, head_state
 
-router = APIRouter(prefix="/v1", tags=["ranges"])
+router = APIRouter(prefix="/v1", tags=["ranges"], dependencies=[require(*LOOKERS)])
 State = Annotated[HeadState, Depends(head_state)]
 
 
-@router.get("/ranges", response_model=LookupAnswer)
+@router.get(
+    "/ranges",
+    response_model=LookupAnswer,
+    responses={404: {"description": "the file is unknown, or the range is not prepared (yet)"}},
+)
 async def lookup_range(
     state: State,
     scope: str,
@@ -24,11 +30,19 @@ async def lookup_range(
     # Not bounded here: `find_pieces` refuses what breaks the convention with a reason that
     # names it, for this route and the batch one alike.
     start_event: Annotated[
-        int, Query(alias="startEvent", description="1-based position in the original file")
+        int,
+        Query(
+            alias="startEvent", le=MAX_EVENT, description="1-based position in the original file"
+        ),
     ],
     last_event: Annotated[
-        int, Query(alias="lastEvent", description="1-based, inclusive, in the original file")
+        int,
+        Query(
+            alias="lastEvent", le=MAX_EVENT, description="1-based, inclusive, in the original file"
+        ),
     ],
+    # Where the pilot runs: each piece then also names the closest live edge (`edge_url`).
+    place: Annotated[PilotPlace, Query()],
 ) -> LookupAnswer:
     """`startEvent` and `lastEvent` are 1-based, inclusive positions of events in the original
     file (PanDA's in-file numbering). The answer lists every prepared file holding part of
@@ -42,6 +56,7 @@ async def lookup_range(
             lfn,
             start_event,
             last_event,
+            await edge_hint(session, state.settings.edge_lost_after_s, place),
         )
 
 
@@ -54,11 +69,11 @@ class PandaEventRange(BaseModel):
     lfn: str = Field(alias="LFN")
     guid: str = Field(default="", alias="GUID")
     scope: str
-    start_event: int = Field(alias="startEvent")
-    last_event: int = Field(alias="lastEvent")
+    start_event: int = Field(alias="startEvent", le=MAX_EVENT)
+    last_event: int = Field(alias="lastEvent", le=MAX_EVENT)
 
 
-class BatchLookup(BaseModel):
+class BatchLookup(PilotPlace):
     event_ranges: list[PandaEventRange] = Field(alias="eventRanges", max_length=10_000)
 
 
@@ -75,6 +90,7 @@ async def lookup_ranges(body: BatchLookup, state: State) -> list[RangeResult]:
     `failed` with the reason, never left out."""
     results = []
     async with state.sessions() as session:
+        hint = await edge_hint(session, state.settings.edge_lost_after_s, body)
         for r in body.event_ranges:
             try:
                 found = await answer(
@@ -85,6 +101,7 @@ async def lookup_ranges(body: BatchLookup, state: State) -> list[RangeResult]:
                     r.lfn,
                     r.start_event,
                     r.last_event,
+                    hint,
                 )
             except EssError as exc:
                 results.append(

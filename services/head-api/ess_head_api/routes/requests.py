@@ -1,10 +1,11 @@
-"""Dataset requests: PanDA creates them; anyone with access reads their progress."""
+"""Dataset requests: PanDA creates, cancels and retries them; PanDA and pilots read their
+progress (per file, per range); operators read the dead letters."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Query, Response, status
 from sqlalchemy import select
 
 from ess_common.db.models import DeadLetter, Request, RequestStatus
@@ -14,19 +15,44 @@ from ess_common.errors import NotFound
 from ess_common.events import RequestCreated, RequestSpec
 from ess_common.messaging.handlers import flush_quietly
 from ess_common.messaging.outbox import add_event
-from ess_head_api.schemas import DeadLetterView, RequestView
+from ess_head_api import lifecycle
+from ess_head_api.auth import READERS, Role, require
+from ess_head_api.schemas import (
+    CancelBody,
+    DeadLetterView,
+    RangePage,
+    RequestView,
+    RetryAnswer,
+)
 from ess_head_api.state import HeadState, head_state
-from ess_head_api.views import request_view
+from ess_head_api.views import range_page, request_view
 
 router = APIRouter(prefix="/v1", tags=["requests"])
 State = Annotated[HeadState, Depends(head_state)]
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no request of this id"}}
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"description": "the request's state does not allow this"}
+}
+
+
+async def _get(state: HeadState, request_id: str) -> Request:
+    async with state.sessions() as session:
+        request = await session.get(Request, request_id)
+    if request is None:
+        raise NotFound("request", request_id)
+    return request
 
 
 @router.post(
     "/requests",
     response_model=RequestView,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "the same request was already recorded"}, 409: {}},
+    dependencies=[require(Role.PANDA)],
+    responses={
+        200: {"description": "the same request was already recorded", "model": RequestView},
+        409: {"description": "the idempotency key names a request with other content"},
+    },
 )
 async def create_request(spec: RequestSpec, state: State, response: Response) -> RequestView:
     """Ask ESS to prepare a dataset. A resubmission with the same idempotency key returns the
@@ -43,7 +69,7 @@ async def create_request(spec: RequestSpec, state: State, response: Response) ->
     return view
 
 
-@router.get("/requests", response_model=list[RequestView])
+@router.get("/requests", response_model=list[RequestView], dependencies=[require(*READERS)])
 async def list_requests(
     state: State,
     status_: Annotated[RequestStatus | None, Query(alias="status")] = None,
@@ -59,7 +85,12 @@ async def list_requests(
         ]
 
 
-@router.get("/requests/{request_id}", response_model=RequestView)
+@router.get(
+    "/requests/{request_id}",
+    response_model=RequestView,
+    dependencies=[require(*READERS)],
+    responses=_NOT_FOUND,
+)
 async def get_request(request_id: str, state: State) -> RequestView:
     """Status with per-file progress: which edge has each file, how far it got, its error."""
     async with state.sessions() as session:
@@ -69,7 +100,64 @@ async def get_request(request_id: str, state: State) -> RequestView:
         return await request_view(session, request, with_files=True)
 
 
-@router.get("/dead-letters", response_model=list[DeadLetterView])
+@router.get(
+    "/requests/{request_id}/ranges",
+    response_model=RangePage,
+    dependencies=[require(*READERS)],
+    responses=_NOT_FOUND,
+)
+async def list_request_ranges(
+    request_id: str,
+    state: State,
+    after: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="`next_after`")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    file_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+) -> RangePage:
+    """Per-range progress: every event-range file recorded for the request (or one of its
+    files), with its object key, size and adler32, a page at a time."""
+    request = await _get(state, request_id)
+    async with state.sessions() as session:
+        return await range_page(session, request, after=after, limit=limit, file_id=file_id)
+
+
+@router.post(
+    "/requests/{request_id}/cancel",
+    response_model=RequestView,
+    dependencies=[require(Role.PANDA)],
+    responses={**_NOT_FOUND, **_CONFLICT},
+)
+async def cancel_request(
+    request_id: str, state: State, body: Annotated[CancelBody | None, Body()] = None
+) -> RequestView:
+    """Stop the request: files not yet split are cancelled (edges' results for them are
+    ignored, the space promised to edges is freed), PanDA is told (`request.cancelled`).
+    Cancelling a cancelled request answers the same; a ready request cannot be cancelled."""
+    reason = (body or CancelBody()).reason
+    async with unit_of_work(state.sessions) as session:
+        request = await lifecycle.cancel(session, request_id, reason)
+        view = await request_view(session, request, with_files=True)
+    await flush_quietly(state.relay)
+    return view
+
+
+@router.post(
+    "/requests/{request_id}/retry",
+    response_model=RetryAnswer,
+    dependencies=[require(Role.PANDA)],
+    responses={**_NOT_FOUND, **_CONFLICT},
+)
+async def retry_request(request_id: str, state: State) -> RetryAnswer:
+    """Try a failed request's failed files again (and only those): they go back to pending
+    and are assigned anew; the request is open again."""
+    async with unit_of_work(state.sessions) as session:
+        request, retried = await lifecycle.retry(session, request_id)
+        view = await request_view(session, request, with_files=True)
+    return RetryAnswer(files_retried=retried, request=view)
+
+
+@router.get(
+    "/dead-letters", response_model=list[DeadLetterView], dependencies=[require(Role.ADMIN)]
+)
 async def list_dead_letters(
     state: State,
     request_id: str | None = None,
@@ -82,9 +170,3 @@ async def list_dead_letters(
             query = query.where(DeadLetter.request_id == request_id)
         rows = (await session.scalars(query)).all()
         return [DeadLetterView.model_validate(r, from_attributes=True) for r in rows]
-
-
-@router.get("/schemas/request-created")
-async def request_created_schema() -> dict[str, Any]:
-    """JSON Schema of the `request.created` message PanDA publishes."""
-    return RequestCreated.model_json_schema()

@@ -1,0 +1,89 @@
+"""Range retention: range files older than `HeadSettings.range_retention_s` are deleted.
+
+Run from the broker's sweep when the operator sets a retention. Each batch is one transaction:
+its rows are locked (`SKIP LOCKED`, so two brokers share the work), their objects deleted from
+the store, then the rows; a store failure rolls the batch back and the next sweep tries again,
+so a row never outlives its object by more than a failed batch and no object is left without
+its row.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import delete, select
+
+from ess_common.db.models import Range, utcnow
+from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.settings import HeadSettings
+from ess_common.store.base import ObjectStore
+from ess_common.store.factory import make_store
+
+log = structlog.get_logger("ess.retention")
+
+
+async def purge_old_ranges(
+    sessions: SessionMaker, store: ObjectStore, retention_s: float, *, batch: int = 500
+) -> int:
+    """Delete the ranges older than the retention, objects first; returns how many."""
+    cutoff = utcnow() - timedelta(seconds=retention_s)
+    purged = 0
+    while True:
+        async with unit_of_work(sessions) as session:
+            rows = (
+                await session.execute(
+                    select(Range.id, Range.object_key)
+                    .where(Range.created_at < cutoff)
+                    .order_by(Range.id)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for _, key in rows:
+                await store.delete(key)
+            if rows:
+                await session.execute(delete(Range).where(Range.id.in_([i for i, _ in rows])))
+        purged += len(rows)
+        if len(rows) < batch:
+            break
+    if purged:
+        log.info("ranges.purged", count=purged, retention_s=retention_s)
+    return purged
+
+
+class RangeRetention:
+    """The broker's part: a store of its own, opened on first use, only with a retention."""
+
+    def __init__(
+        self, settings: HeadSettings, sessions: SessionMaker, store: ObjectStore | None = None
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self._given = store
+        self._own: ObjectStore | None = None
+
+    async def _store(self) -> ObjectStore:
+        if self._given is not None:
+            return self._given
+        if self._own is None:
+            store = make_store(self.settings)
+            await store.start()
+            self._own = store
+        return self._own
+
+    async def sweep(self) -> int:
+        retention = self.settings.range_retention_s
+        if retention is None:
+            return 0
+        return await purge_old_ranges(
+            self.sessions,
+            await self._store(),
+            retention,
+            batch=self.settings.range_retention_batch,
+        )
+
+    async def close(self) -> None:
+        if self._own is not None:
+            await self._own.close()
+            self._own = None

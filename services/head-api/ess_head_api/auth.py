@@ -1,0 +1,142 @@
+"""Bearer tokens by role.
+
+The operator gives each role its tokens (`ESS_TOKENS`, see HeadSettings.tokens). Every `/v1`
+router is included behind `authenticated` (no token or an unknown one: 401 with
+`WWW-Authenticate: Bearer`); a route then names the roles it admits with `require(...)` (a
+known token of another role: 403). `admin` is admitted everywhere. With no token configured
+at all the API is open, as in the embedded first try, and the start-up says so loudly.
+
+| role  | may                                                                   |
+|-------|-----------------------------------------------------------------------|
+| panda | create, cancel and retry requests; read requests; look ranges up      |
+| pilot | look ranges up; read requests (status, ranges, events)                |
+| edge  | look ranges up; sign its heartbeats and results on the bus            |
+| admin | everything, and the operator routes (dead letters, expiry)            |
+
+Signed object URLs (`/v1/objects/...`) need no token: the signature is the credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, Request
+from fastapi.params import Depends as DependsParam
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
+
+from ess_common.errors import Forbidden, Unauthorized
+
+log = structlog.get_logger("ess.head_api.auth")
+
+
+class Role(StrEnum):
+    PANDA = "panda"
+    PILOT = "pilot"
+    EDGE = "edge"
+    ADMIN = "admin"
+
+
+#: Who may read a request's progress.
+READERS = (Role.PANDA, Role.PILOT)
+#: Who may look event ranges up.
+LOOKERS = (Role.PILOT, Role.PANDA, Role.EDGE)
+
+#: The answers every protected route may give besides its own, for the OpenAPI document.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no bearer token, or one that is not known"},
+    403: {"description": "the token's role may not do this"},
+}
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class TokenBook:
+    """The configured tokens, kept as digests: comparing digests of one length in constant
+    time tells nothing about how much of a token was right."""
+
+    entries: tuple[tuple[bytes, Role], ...]
+
+    @classmethod
+    def from_settings(cls, tokens: Mapping[str, Sequence[SecretStr]]) -> TokenBook:
+        return cls(
+            tuple(
+                (_digest(token.get_secret_value()), Role(role))
+                for role, given in tokens.items()
+                for token in given
+            )
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.entries)
+
+    def role_of(self, token: str) -> Role | None:
+        wanted = _digest(token)
+        found: Role | None = None
+        # Every entry is compared, so the time taken does not say which one matched.
+        for digest, role in self.entries:
+            if hmac.compare_digest(digest, wanted):
+                found = role
+        return found
+
+
+def announce(book: TokenBook) -> None:
+    if book.enabled:
+        roles = sorted({role.value for _, role in book.entries})
+        log.info("auth.enabled", roles=roles, tokens=len(book.entries))
+    else:
+        log.warning(
+            "auth.DISABLED",
+            detail="no token is configured (ESS_TOKENS): anyone who reaches the head API may "
+            "create, cancel and read requests; configure tokens for any shared deployment",
+        )
+
+
+_bearer = HTTPBearer(auto_error=False, description="a token of one of the roles (ESS_TOKENS)")
+
+
+async def token_book(request: Request) -> TokenBook:
+    # A coroutine, not a function: FastAPI would run a plain one in a thread, per request.
+    book: TokenBook = request.app.state.tokens
+    return book
+
+
+async def authenticated(
+    book: Annotated[TokenBook, Depends(token_book)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Role:
+    """The caller's role; 401 without a known bearer token. Everyone is admin when auth is
+    off."""
+    if not book.enabled:
+        return Role.ADMIN
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+    role = book.role_of(credentials.credentials)
+    if role is None:
+        raise Unauthorized("the bearer token is not known")
+    return role
+
+
+def require(*roles: Role) -> DependsParam:
+    """A dependency admitting the given roles (and admin); for a route's or a router's
+    `dependencies=[...]`."""
+    admitted = frozenset((*roles, Role.ADMIN))
+    names = ", ".join(sorted(admitted))
+
+    async def check(role: Annotated[Role, Depends(authenticated)]) -> Role:
+        if role not in admitted:
+            raise Forbidden(f"the {role} role may not do this; it needs one of: {names}")
+        return role
+
+    dependency: DependsParam = Depends(check)
+    return dependency

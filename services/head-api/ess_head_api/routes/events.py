@@ -1,0 +1,145 @@
+"""Following one request as Server-Sent Events: `GET /v1/requests/{id}/events`.
+
+The stream opens with the request's current status (`event: status`, the same JSON as
+`GET /v1/requests/{id}` without the file list), then sends a new `status` frame each time the
+request's status, its files' statuses or its number of ranges change, looking every
+`events_poll_interval_s`. When the request is ready, failed or cancelled the last frame is
+`event: ready`, `event: failed` or `event: cancelled` with the same JSON, and the stream ends;
+`event: gone` ends it when the request no longer exists (expired). A comment line keeps idle
+connections open through proxies. A stream ends after `events_max_s` at the latest, with a
+`retry` hint: EventSource clients reconnect by themselves.
+
+`Last-Event-ID` is ignored: a reconnecting client is sent the current status first, which is
+all it needs, since every frame carries the whole state and no change is lost by skipping
+intermediate ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi import Request as HttpRequest
+from fastapi.responses import StreamingResponse
+
+from ess_common.db.models import Request, RequestStatus
+from ess_common.errors import NotFound
+from ess_head_api.auth import READERS, require
+from ess_head_api.state import HeadState, head_state
+from ess_head_api.views import request_view
+
+router = APIRouter(prefix="/v1", tags=["requests"])
+State = Annotated[HeadState, Depends(head_state)]
+
+#: Seconds between keep-alive comments on an idle stream.
+KEEPALIVE_S = 15.0
+#: What an EventSource waits before reconnecting after the stream ends early (ms).
+RETRY_MS = 3000
+_LAST = {
+    RequestStatus.READY: "ready",
+    RequestStatus.FAILED: "failed",
+    RequestStatus.CANCELLED: "cancelled",
+}
+
+
+@dataclass
+class StreamCount:
+    """Streams open now: a gauge for operators, and how tests see a stream end."""
+
+    open: int = 0
+
+
+async def stream_count(request: HttpRequest) -> StreamCount:
+    count: StreamCount = request.app.state.streams
+    return count
+
+
+def frame(event: str, data: str, frame_id: int | None = None) -> bytes:
+    lines = [f"event: {event}"]
+    if frame_id is not None:
+        lines.append(f"id: {frame_id}")
+    lines += [f"data: {line}" for line in data.splitlines() or [""]]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def _current(state: HeadState, request_id: str) -> tuple[str, str] | None:
+    """The request's status and its JSON, or None when it no longer exists."""
+    async with state.sessions() as session:
+        request = await session.get(Request, request_id)
+        if request is None:
+            return None
+        view = await request_view(session, request, with_files=False)
+    return view.status, view.model_dump_json(exclude={"files"})
+
+
+async def follow(
+    state: HeadState, http: HttpRequest, request_id: str, streams: StreamCount
+) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    started = last_sent = loop.time()
+    interval = state.settings.events_poll_interval_s
+    sent: str | None = None
+    frame_id = 0
+    streams.open += 1
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        while True:
+            if await http.is_disconnected():
+                return
+            current = await _current(state, request_id)
+            if current is None:
+                yield frame("gone", json.dumps({"id": request_id, "detail": "no longer exists"}))
+                return
+            status, body = current
+            if body != sent:
+                frame_id += 1
+                yield frame("status", body, frame_id)
+                sent, last_sent = body, loop.time()
+            last = _LAST.get(RequestStatus(status))
+            if last is not None:
+                frame_id += 1
+                yield frame(last, body, frame_id)
+                return
+            now = loop.time()
+            if now - started >= state.settings.events_max_s:
+                return
+            if now - last_sent >= KEEPALIVE_S:
+                yield b": keep-alive\n\n"
+                last_sent = now
+            await asyncio.sleep(interval)
+    finally:
+        streams.open -= 1
+
+
+@router.get(
+    "/requests/{request_id}/events",
+    dependencies=[require(*READERS)],
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "a stream of `status` frames ending with `ready`, `failed`, "
+            "`cancelled` or `gone`",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        404: {"description": "no request of this id"},
+    },
+)
+async def request_events(
+    request_id: str,
+    state: Annotated[HeadState, Depends(head_state)],
+    http: HttpRequest,
+    streams: Annotated[StreamCount, Depends(stream_count)],
+) -> StreamingResponse:
+    """Follow one request's progress as Server-Sent Events (see the module's description)."""
+    async with state.sessions() as session:
+        if await session.get(Request, request_id) is None:
+            raise NotFound("request", request_id)
+    return StreamingResponse(
+        follow(state, http, request_id, streams),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,246 @@
+"""Splitting one range straight from a remote file: through a presigned URL and an s3:// URL
+of the real S3 server and a plain http:// server, reading a small part of the file, with the
+same entries as the source; failures to reach the file are retryable."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import pytest
+import uproot
+from aiohttp import web
+from aiohttp.test_utils import TestServer as HttpServer
+
+from ess_common.errors import NotFound, PermanentError, RetryableError
+from ess_common.settings import EdgeSettings
+from ess_common.store.base import ObjectStore
+from ess_common.store.s3 import S3Store
+from ess_splitter.remote import split_range, split_range_remote
+from ess_splitter.rootsplit import SplitError, split_root_file
+from tests.helpers import S3Settings
+from tests.splitter.test_faithful_corpus import data
+from tests.splitter.test_parallel import TREE, write_ntuple
+
+N_EVENTS = 120_000
+BASKET_EVENTS = 3_000
+# In the middle of the file, straddling a basket boundary.
+FIRST, LAST = 59_001, 61_000
+KEY = "inputs/ntuple.root"
+
+
+@pytest.fixture(scope="module")
+def ntuple(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 5 MB in 40 baskets per branch."""
+    return write_ntuple(tmp_path_factory.mktemp("remote") / "ntuple.root", N_EVENTS, BASKET_EVENTS)
+
+
+def assert_range_of(source: Path, written: Path, first: int, last: int) -> None:
+    with uproot.open(source) as original, uproot.open(written) as range_file:
+        expected = original[TREE].arrays(
+            library="ak", how=dict, entry_start=first - 1, entry_stop=last
+        )
+        got = range_file[TREE].arrays(library="ak", how=dict)
+    assert got.keys() == expected.keys()
+    for name, array in expected.items():
+        assert got[name].type == array.type, name
+        assert ak.array_equal(got[name], array, dtype_exact=True), name
+
+
+def assert_fetched_little(fetched: int, source: Path) -> None:
+    # The range is 1/60 of the file; its two baskets per branch and the metadata are ~1/20.
+    assert 0 < fetched < source.stat().st_size / 8
+
+
+@pytest.fixture
+async def uploaded(store: ObjectStore, ntuple: Path) -> S3Store:
+    assert isinstance(store, S3Store)
+    await store.put_file(KEY, ntuple)
+    return store
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+async def test_range_from_a_presigned_url(uploaded: S3Store, ntuple: Path, tmp_path: Path) -> None:
+    url = await uploaded.signed_url(KEY, 600)
+    out = tmp_path / "range.root"
+
+    written, fetched = await split_range(url, FIRST, LAST, out)
+
+    assert (written.first_event, written.last_event, written.path) == (FIRST, LAST, out)
+    assert written.size == out.stat().st_size
+    assert_range_of(ntuple, out, FIRST, LAST)
+    assert_fetched_little(fetched, ntuple)
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+async def test_range_from_an_s3_url(
+    uploaded: S3Store, ntuple: Path, s3_settings: S3Settings, tmp_path: Path
+) -> None:
+    settings = EdgeSettings.model_validate(
+        {
+            "s3_endpoint_url": s3_settings.endpoint_url,
+            "s3_access_key": s3_settings.access_key,
+            "s3_secret_key": s3_settings.secret_key,
+            "s3_region": s3_settings.region,
+        }
+    )
+    out = tmp_path / "range.root"
+
+    written, fetched = await split_range(
+        f"s3://{uploaded.bucket}/{KEY}", FIRST, LAST, out, settings=settings, n_events=N_EVENTS
+    )
+
+    assert written.path == out
+    assert_range_of(ntuple, out, FIRST, LAST)
+    assert_fetched_little(fetched, ntuple)
+
+
+@pytest.fixture
+async def http_root(tmp_path: Path, ntuple: Path) -> AsyncIterator[tuple[str, Path]]:
+    """A plain HTTP server (aiohttp's static files, with byte ranges) serving a directory."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "ntuple.root").write_bytes(ntuple.read_bytes())
+    app = web.Application()
+    app.router.add_static("/files", served)
+    server = HttpServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield f"http://127.0.0.1:{server.port}/files", served
+    finally:
+        await server.close()
+
+
+async def test_range_from_a_plain_http_server(
+    http_root: tuple[str, Path], ntuple: Path, tmp_path: Path
+) -> None:
+    base, _ = http_root
+    out = tmp_path / "out" / "range.root"
+
+    written, fetched = await split_range(f"{base}/ntuple.root", FIRST, LAST, out)
+
+    assert written.path == out
+    assert_range_of(ntuple, out, FIRST, LAST)
+    assert_fetched_little(fetched, ntuple)
+    # The first and the last range of the file too.
+    for first, last in [(1, 10), (N_EVENTS - 9, N_EVENTS)]:
+        edge = tmp_path / f"edge-{first}.root"
+        await split_range(f"{base}/ntuple.root", first, last, edge)
+        assert_range_of(ntuple, edge, first, last)
+
+
+@pytest.mark.parametrize(
+    ("compression", "prefix"),
+    [
+        (uproot.ZLIB(1), True),
+        (uproot.LZMA(1), True),
+        (uproot.ZLIB(0), True),
+        # An LZ4 block cannot be inflated from its start alone: such baskets are read whole
+        # (uproot stores the incompressible ones, random floats, uncompressed).
+        (uproot.LZ4(1), False),
+    ],
+)
+async def test_only_the_start_of_a_basket_is_fetched(
+    compression: Any, prefix: bool, http_root: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, served = http_root
+    source = write_ntuple(served / "big-baskets.root", 12_000, 6_000, compression=compression)
+    first, last = 6_001, 6_300
+    with uproot.open(source) as root_file:
+        # What reading the range's baskets whole costs.
+        whole = sum(branch.basket_compressed_bytes(1) for branch in root_file[TREE].branches)
+    out = tmp_path / "range.root"
+
+    _, fetched = await split_range(f"{base}/big-baskets.root", first, last, out)
+
+    assert_range_of(source, out, first, last)
+    if prefix:
+        assert fetched < whole / 2
+
+
+@pytest.mark.parametrize(
+    ("name", "per_range", "index", "n_events"),
+    [
+        # Embedded baskets, strings whose offsets uproot does not parse, LZMA and ZSTD, many
+        # one-entry baskets, a tree in a subdirectory.
+        ("uproot-issue60.root", 997, 1, None),
+        ("uproot-issue413.root", 2, 1, None),
+        ("uproot-sample-6.14.00-lzma.root", 7, 2, None),
+        ("uproot-HZZ-zstd.root", 500, 2, None),
+        ("uproot-nesteddirs.root", 1, 2, 4),
+    ],
+)
+async def test_remote_range_is_the_local_splits(
+    name: str,
+    per_range: int,
+    index: int,
+    n_events: int | None,
+    http_root: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    base, served = http_root
+    source = served / name
+    source.write_bytes(data(name).read_bytes())
+    local = split_root_file(source, tmp_path / "local", per_range, n_events=n_events).ranges[index]
+    out = tmp_path / "remote.root"
+
+    await split_range(f"{base}/{name}", local.first_event, local.last_event, out, n_events=n_events)
+
+    assert file_arrays(out) == file_arrays(local.path)
+
+
+def file_arrays(path: Path) -> dict[str, dict[str, list[Any]]]:
+    """Every TTree's entries, by path and branch."""
+    with uproot.open(path) as root_file:
+        return {
+            tree_path: {
+                name: array.tolist()
+                for name, array in root_file[tree_path].arrays(library="ak", how=dict).items()
+            }
+            for tree_path, classname in root_file.classnames(cycle=False, recursive=True).items()
+            if classname == "TTree"
+        }
+
+
+async def test_a_range_beyond_the_file_is_refused(
+    http_root: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, _ = http_root
+    out = tmp_path / "range.root"
+    with pytest.raises(SplitError, match=f"holds {N_EVENTS} events"):
+        await split_range(f"{base}/ntuple.root", N_EVENTS, N_EVENTS + 1, out)
+    assert not out.exists()
+    with pytest.raises(ValueError):
+        await split_range(f"{base}/ntuple.root", 0, 10, out)
+
+
+async def test_a_missing_file_is_not_found(http_root: tuple[str, Path], tmp_path: Path) -> None:
+    base, _ = http_root
+    with pytest.raises(NotFound):
+        await split_range(f"{base}/missing.root", 1, 10, tmp_path / "range.root")
+
+
+async def test_an_unreachable_server_is_retryable(tmp_path: Path) -> None:
+    # A port nobody listens on: the connection is refused at once.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "range.root"
+    with pytest.raises(RetryableError):
+        await split_range(f"http://127.0.0.1:{port}/ntuple.root", 1, 10, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_root_urls_need_fsspec_xrootd(tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match="fsspec-xrootd"):
+        split_range_remote("root://eos.example.org//data/f.root", 1, 10, tmp_path / "r.root")
+
+
+def test_unknown_schemes_and_unsigned_s3_urls_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="http"):
+        split_range_remote("ftp://example.org/f.root", 1, 10, tmp_path / "r.root")
+    with pytest.raises(ValueError, match="settings"):
+        split_range_remote("s3://bucket/f.root", 1, 10, tmp_path / "r.root")
