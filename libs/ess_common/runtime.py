@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 
+from ess_common.logs import configure_logging
+from ess_common.settings import EssSettings
+
 log = structlog.get_logger("ess.runtime")
+
+S = TypeVar("S", bound=EssSettings)
 
 
 async def run_until_signalled(
@@ -36,3 +42,31 @@ async def every(interval_s: float, work: Callable[[], Awaitable[object]], name: 
         except Exception:
             log.exception("periodic.failed", work=name)
         await asyncio.sleep(interval_s)
+
+
+Action = Callable[[], Awaitable[object]]
+
+
+async def run_parts(*parts: tuple[Action | None, Action | None]) -> None:
+    """Run a daemon made of parts given as (start, stop): started in order, and on a signal
+    (or a start that fails) the ones started are stopped in reverse order."""
+    stops: list[Action] = []
+
+    async def start() -> None:
+        for begin, end in parts:
+            if begin is not None:
+                await begin()
+            if end is not None:
+                stops.append(end)
+
+    async def stop() -> None:
+        for end in reversed(stops):
+            await end()
+
+    await run_until_signalled(start, stop)
+
+
+def run_main(settings: S, run: Callable[[S], Coroutine[Any, Any, None]]) -> None:
+    """A service's `main()`: logging as the settings say, then the daemon until a signal."""
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run(settings))

@@ -3,14 +3,11 @@ SIGTERM."""
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 
 from ess_common.cache_space import CacheSpace
-from ess_common.logs import configure_logging
 from ess_common.messaging.factory import make_bus
-from ess_common.runtime import run_until_signalled
+from ess_common.runtime import run_main, run_parts
 from ess_common.settings import EdgeSettings
 from ess_common.store.factory import make_store
 from ess_edge.server import EdgeState, create_edge_app, make_server
@@ -29,25 +26,16 @@ async def run(settings: EdgeSettings) -> None:
     )
     app = create_edge_app(EdgeState.build(settings, store, space, http))
     edge = Edge(settings, bus, worker_children(), server=make_server(app, settings))
-
-    async def start() -> None:
-        await bus.start()
-        await store.start()
-        await edge.start()
-
-    async def stop() -> None:
-        await edge.stop()
-        await http.aclose()
-        await store.close()
-        await bus.close()
-
-    await run_until_signalled(start, stop)
+    await run_parts(
+        (bus.start, bus.close),
+        (store.start, store.close),
+        (None, http.aclose),
+        (edge.start, edge.stop),
+    )
 
 
 def main() -> None:
-    settings = EdgeSettings()
-    configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run(settings))
+    run_main(EdgeSettings(), run)
 
 
 if __name__ == "__main__":

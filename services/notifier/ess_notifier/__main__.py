@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 
 from ess_common.db.session import make_engine, make_session_maker
-from ess_common.logs import configure_logging
 from ess_common.messaging.factory import make_bus
-from ess_common.runtime import run_until_signalled
+from ess_common.runtime import run_main, run_parts
 from ess_common.settings import HeadSettings
 from ess_notifier.service import Notifier
 
@@ -17,25 +14,18 @@ from ess_notifier.service import Notifier
 async def run(settings: HeadSettings) -> None:
     engine = make_engine(settings.database_url)
     bus = make_bus(settings)
-    async with httpx.AsyncClient(timeout=settings.callback_timeout_s) as http:
-        notifier = Notifier(settings, bus, make_session_maker(engine), http)
-
-        async def start() -> None:
-            await bus.start()
-            await notifier.start()
-
-        async def stop() -> None:
-            await notifier.stop()
-            await bus.close()
-            await engine.dispose()
-
-        await run_until_signalled(start, stop)
+    http = httpx.AsyncClient(timeout=settings.callback_timeout_s)
+    notifier = Notifier(settings, bus, make_session_maker(engine), http)
+    await run_parts(
+        (None, engine.dispose),
+        (None, http.aclose),
+        (bus.start, bus.close),
+        (notifier.start, notifier.stop),
+    )
 
 
 def main() -> None:
-    settings = HeadSettings()
-    configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run(settings))
+    run_main(HeadSettings(), run)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from ess_common.logs import configure_logging
 from ess_common.messaging.factory import make_bus
-from ess_common.runtime import run_until_signalled
+from ess_common.runtime import run_main, run_parts
 from ess_common.settings import EdgeSettings
 from ess_precacher.service import Precacher
 
@@ -14,22 +11,11 @@ from ess_precacher.service import Precacher
 async def run(settings: EdgeSettings) -> None:
     bus = make_bus(settings)
     precacher = Precacher(settings, bus)
-
-    async def start() -> None:
-        await bus.start()
-        await precacher.start()
-
-    async def stop() -> None:
-        await precacher.stop()
-        await bus.close()
-
-    await run_until_signalled(start, stop)
+    await run_parts((bus.start, bus.close), (precacher.start, precacher.stop))
 
 
 def main() -> None:
-    settings = EdgeSettings()
-    configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run(settings))
+    run_main(EdgeSettings(), run)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from ess_common.logs import configure_logging
 from ess_common.messaging.factory import make_bus
-from ess_common.runtime import run_until_signalled
+from ess_common.runtime import run_main, run_parts
 from ess_common.settings import EdgeSettings
 from ess_common.store.factory import make_store
 from ess_splitter.service import Splitter
@@ -16,24 +13,13 @@ async def run(settings: EdgeSettings) -> None:
     bus = make_bus(settings)
     store = make_store(settings)
     splitter = Splitter(settings, bus, store)
-
-    async def start() -> None:
-        await store.start()
-        await bus.start()
-        await splitter.start()
-
-    async def stop() -> None:
-        await splitter.stop()
-        await bus.close()
-        await store.close()
-
-    await run_until_signalled(start, stop)
+    await run_parts(
+        (store.start, store.close), (bus.start, bus.close), (splitter.start, splitter.stop)
+    )
 
 
 def main() -> None:
-    settings = EdgeSettings()
-    configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run(settings))
+    run_main(EdgeSettings(), run)
 
 
 if __name__ == "__main__":
