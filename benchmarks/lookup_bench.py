@@ -57,6 +57,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from benchmarks.machine import describe_machine
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = os.environ.get(
     "ESS_BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/ess_bench"
@@ -553,22 +555,6 @@ def breakdown_lines(steps: Sequence[Step]) -> list[str]:
 # --- the report ---------------------------------------------------------------------------------
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return (
-        f"{model}, nproc {len(os.sched_getaffinity(0))}, {memory / 2**30:.0f} GiB RAM, "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
 def _software(pg_version: str) -> str:
     from importlib.metadata import version
 
@@ -635,7 +621,8 @@ def write_page(
         "",
         f"- command: `{command}`",
         f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {_machine()}; 1-minute load average {load_before:.2f} before the runs, "
+        f"- machine: {describe_machine()}; "
+        f"1-minute load average {load_before:.2f} before the runs, "
         f"{load_after:.2f} after",
         f"- software: {_software(pg_version)}",
         f"- bookkeeping: {shape.ranges:,} ranges in {shape.files:,} files of "

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -43,6 +42,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from benchmarks.cdn_bench import CdnResult, run_cdn
+from benchmarks.machine import describe_machine
 from ess_broker.assignment import assign_pending
 from ess_broker.edges import handle_heartbeat
 from ess_broker.placement import Candidate, choose_edge
@@ -207,22 +207,6 @@ async def bench_assign(
 # --- the page ---------------------------------------------------------------------------------
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return (
-        f"{model}, nproc {len(os.sched_getaffinity(0))}, {memory / 2**30:.0f} GiB RAM, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
-    )
-
-
 def report(
     argv: Sequence[str],
     n_files: int,
@@ -241,7 +225,8 @@ def report(
         "",
         f"- command: `{shlex.join([*COMMAND, *argv])}`",
         f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {_machine()}; 1-minute load average {load[0]:.2f} before the runs, "
+        f"- machine: {describe_machine(with_python=True)}; "
+        f"1-minute load average {load[0]:.2f} before the runs, "
         f"{load[1]:.2f} after",
         "",
         f"## Placement: {n_files:,} files over {n_edges} edges of equal capacity",

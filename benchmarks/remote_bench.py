@@ -215,7 +215,8 @@ def _page(
     rows: list[Row],
     printed: str,
 ) -> str:
-    from benchmarks.split_bench import _machine, _software
+    from benchmarks.machine import describe_machine
+    from benchmarks.split_bench import _software
 
     python = Path(sys.executable)
     if python.is_relative_to(PROJECT_ROOT):
@@ -244,7 +245,7 @@ def _page(
         "",
         f"- command: `{shlex.join([str(python), '-m', 'benchmarks.remote_bench', *command])}`",
         f"- date: {started:%Y-%m-%d %H:%M} UTC",
-        f"- machine: {_machine()}",
+        f"- machine: {describe_machine()}",
         f"- software: {_software()}",
         f"- S3 server: {endpoint} (OpenStack Swift's S3 API on the same machine: no network "
         "latency, so the seconds are mostly this process's own work)",

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from benchmarks.machine import describe_machine
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MB = 10**6
 
@@ -606,7 +608,8 @@ def _page(
         "",
         f"- command: `{shlex.join([str(python), '-m', 'benchmarks.split_bench', *command])}`",
         f"- date: {started:%Y-%m-%d %H:%M} UTC",
-        f"- machine: {_machine()}; 1-minute load average {load[0]:.2f} before the timed runs, "
+        f"- machine: {describe_machine()}; "
+        f"1-minute load average {load[0]:.2f} before the timed runs, "
         f"{load[-1]:.2f} after",
         f"- software: {_software()}",
         "",
@@ -662,22 +665,6 @@ def _shape(source: InputFile) -> list[str]:
         f"- baskets: {basket_text} per branch, {CHUNK_EVENTS:,} events each",
         f"- {len(branches)} branches: {listing}",
     ]
-
-
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return (
-        f"{model}, nproc {len(os.sched_getaffinity(0))}, {memory / 2**30:.0f} GiB RAM, "
-        f"{platform.system()} {platform.release()}"
-    )
 
 
 def _software() -> str:
