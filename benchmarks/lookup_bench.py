@@ -5,21 +5,24 @@ the head API's trivial endpoint (`/healthz`) on the same server in the same run.
    migrated like production) with `--ranges` ranges in one statement per table
    (`generate_series`): ready requests of 100 files, files of `--ranges-per-file` ranges of 100
    events. A database already holding exactly that is reused (`--refill` forces a new fill).
-2. Starts the head API with uvicorn in a subprocess on 127.0.0.1 (`--workers`), with bearer
-   tokens on (the lookups carry a pilot token, as pilots do) and the signed URLs of the local
-   directory store or, with `--store s3`, presigned by the S3 client.
+2. Starts the head API with uvicorn in a subprocess on 127.0.0.1 as `python -m ess_head_api`
+   serves it (`--workers` processes, 2 by default; `ESS_HEAD_WORKERS` in production), with
+   bearer tokens on (the lookups carry a pilot token, as pilots do) and the signed URLs of the
+   local directory store or, with `--store s3`, presigned by the S3 client.
 3. Drives it from this process with an async load generator (aiohttp, one keep-alive
    connection pool) on two endpoints, one after the other: `GET /v1/ranges` for a random
    range of a random file, and `GET /healthz`:
-   - max throughput: `--connections` requests in flight for `--seconds`;
+   - max throughput: `--connections` requests in flight for `--seconds`, and the CPU the
+     server's workers, PostgreSQL and the load generator spent per answer meanwhile (/proc);
    - fixed offered rate: `--rate` requests per second for `--seconds`, each sent at its
      scheduled time whatever the previous ones did (open loop), its latency counted from that
      time, so a server or generator that falls behind shows in the latency.
    A third lookup phase offers 70% of the lookups' measured maximum: the latency when the
    server keeps up.
 4. Measures in this process, with no network and no load, what one lookup costs piece by
-   piece: the query alone (asyncpg), the query as the route makes it (SQLAlchemy session),
-   the whole lookup through the app (in-process ASGI), and `/healthz` the same way.
+   piece: the query alone (asyncpg), the query as the route makes it (SQLAlchemy Core on an
+   autocommit connection), the whole lookup through the app (in-process ASGI), and `/healthz`
+   the same way.
 5. Prints the tables and writes them, with the command and the machine, to `--out`.
 
 Everything runs on 127.0.0.1, each phase is bounded in time, the server is stopped at the end.
@@ -44,8 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,40 +186,24 @@ async def prepare_database(url: str, shape: Shape, refill: bool) -> tuple[str, f
 
 
 def app_factory() -> FastAPI:
-    """The head API as `python -m ess_head_api` builds it, for uvicorn's `--factory` (one per
-    worker); the bus is in-process since lookups publish nothing."""
-    from ess_common.db.session import make_engine, make_session_maker
+    """The head API as `python -m ess_head_api` serves it in each worker (its outbox relay
+    included); the bus is in-process (`ESS_BUS_URL=memory://`) since lookups publish nothing."""
+    from ess_head_api.__main__ import worker_app
+
+    return worker_app()
+
+
+def serve_head() -> None:
+    """Serve the head API as `python -m ess_head_api` does (`ESS_HEAD_WORKERS` workers, each
+    building its app with `app_factory`'s `worker_app`), with the in-process bus that command
+    refuses."""
     from ess_common.logs import configure_logging
-    from ess_common.messaging.memory import MemoryBus
-    from ess_common.messaging.outbox import OutboxRelay
     from ess_common.settings import HeadSettings
-    from ess_common.store.factory import make_store
-    from ess_head_api.app import create_app
-    from ess_head_api.state import HeadState
+    from ess_head_api.__main__ import serve
 
     settings = HeadSettings()
-    configure_logging("console", "WARNING")
-    engine = make_engine(settings.database_url)
-    sessions = make_session_maker(engine)
-    store = make_store(settings)
-    bus = MemoryBus(settings.exchange)
-    app = create_app(HeadState(settings, sessions, store, OutboxRelay(sessions, bus)))
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(served: FastAPI) -> AsyncIterator[None]:
-        await bus.start()
-        await store.start()
-        try:
-            async with inner(served):
-                yield
-        finally:
-            await store.close()
-            await bus.close()
-            await engine.dispose()
-
-    app.router.lifespan_context = lifespan
-    return app
+    configure_logging(settings.log_format, settings.log_level)
+    serve(settings)
 
 
 def free_port() -> int:
@@ -267,27 +253,15 @@ def start_server(args: argparse.Namespace, token: str, workdir: Path) -> Server:
     env = {
         **os.environ,
         **server_env(args, token, workdir, f"http://127.0.0.1:{port}"),
+        "ESS_HEAD_WORKERS": str(args.workers),
+        "ESS_API_HOST": "127.0.0.1",
+        "ESS_API_PORT": str(port),
         "PYTHONPATH": os.pathsep.join(
             [str(PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         ),
     }
     log = workdir / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "benchmarks.lookup_bench:app_factory",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(args.workers),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
+    command = [sys.executable, "-c", "from benchmarks.lookup_bench import serve_head; serve_head()"]
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,
@@ -318,6 +292,77 @@ async def wait_ready(server: Server, session: aiohttp.ClientSession, timeout_s: 
 # --- the load -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CpuSample:
+    server_s: float
+    postgres_s: float
+    client_s: float
+    busy_s: float
+    total_s: float
+
+
+def _stat_fields(pid: str) -> tuple[str, list[str]] | None:
+    """A process's name and the fields of /proc/<pid>/stat after it (state, ppid, pgrp...)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    name, _, rest = text.partition("(")[2].rpartition(")")
+    return name, rest.split()
+
+
+def cpu_sample(server_pid: int) -> CpuSample | None:
+    """CPU seconds so far of the server's process group, of PostgreSQL's processes (the
+    postmaster's include the backends that exited), of this process and of the machine;
+    None where /proc is not there to say."""
+    if not Path("/proc/stat").exists():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    server = postgres = 0.0
+    for entry in Path("/proc").iterdir():
+        found = _stat_fields(entry.name) if entry.name.isdigit() else None
+        if found is None:
+            continue
+        name, fields = found
+        # utime, stime, and the same of the children waited for.
+        seconds = sum(int(v) for v in fields[11:15]) / tick
+        if int(fields[2]) == server_pid:
+            server += seconds
+        elif name == "postgres":
+            postgres += seconds
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]
+    me = os.times()
+    return CpuSample(
+        server, postgres, me.user + me.system, (sum(ticks) - idle) / tick, sum(ticks) / tick
+    )
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU per answered request, in ms, and the share of the machine's CPU in use."""
+
+    server_ms: float
+    postgres_ms: float
+    client_ms: float
+    busy: float
+
+
+def cpu_use(before: CpuSample | None, after: CpuSample | None, done: int) -> CpuUse | None:
+    if before is None or after is None or done == 0 or after.total_s <= before.total_s:
+        return None
+
+    def per_request(a: float, b: float) -> float:
+        return (b - a) / done * 1000
+
+    return CpuUse(
+        per_request(before.server_s, after.server_s),
+        per_request(before.postgres_s, after.postgres_s),
+        per_request(before.client_s, after.client_s),
+        (after.busy_s - before.busy_s) / (after.total_s - before.total_s),
+    )
+
+
 @dataclass
 class Result:
     endpoint: str
@@ -328,6 +373,8 @@ class Result:
     offered: float | None = None
     #: Requests not yet answered when the phase's time was up (open loop).
     unfinished: int = 0
+    #: What the phase cost the machine (closed loop).
+    cpu: CpuUse | None = None
 
     @property
     def done(self) -> int:
@@ -465,7 +512,7 @@ async def breakdown(args: argparse.Namespace, shape: Shape, workdir: Path) -> li
     import asyncpg  # type: ignore[import-untyped]
     import httpx
 
-    from ess_common.db.session import make_engine, make_session_maker
+    from ess_common.db.session import make_engine, read
     from ess_head_api.lookup import find_pieces
 
     asked = _asked(shape, 100 + args.breakdown_calls)
@@ -486,14 +533,12 @@ async def breakdown(args: argparse.Namespace, shape: Shape, workdir: Path) -> li
     finally:
         await pool.close()
     engine = make_engine(args.database_url)
-    sessions = make_session_maker(engine)
     try:
 
-        async def orm(q: tuple[str, str, int, int]) -> None:
-            async with sessions() as session:
-                await find_pieces(session, *q)
+        async def core(q: tuple[str, str, int, int]) -> None:
+            await read(engine, lambda connection: find_pieces(connection, *q))
 
-        orm_ms = await _per_call(asked, orm)
+        core_ms = await _per_call(asked, core)
     finally:
         await engine.dispose()
     token = secrets.token_hex(16)
@@ -529,25 +574,30 @@ async def breakdown(args: argparse.Namespace, shape: Shape, workdir: Path) -> li
         healthz_ms = await _per_call(asked, healthz)
     return [
         Step("the range query alone (asyncpg, pooled connection)", raw_ms),
-        Step("the range query as the route makes it (SQLAlchemy session, `find_pieces`)", orm_ms),
+        Step(
+            "the range query as the route makes it (SQLAlchemy Core, autocommit connection, "
+            "`find_pieces`)",
+            core_ms,
+        ),
         Step("a whole lookup through the app (in-process ASGI, token, signed URL)", app_ms),
         Step("`/healthz` through the app (in-process ASGI)", healthz_ms),
     ]
 
 
 def breakdown_lines(steps: Sequence[Step]) -> list[str]:
-    raw, orm, whole, trivial = (s.ms for s in steps)
+    raw, core, whole, trivial = (s.ms for s in steps)
     lines = ["| step | ms per call |", "|---|--:|"]
     lines += [f"| {s.name} | {s.ms:.3f} |" for s in steps]
     lines += [
         "",
-        f"- Of a lookup's {whole:.2f} ms, {orm:.2f} ms ({orm / whole:.0%}) is the range query "
+        f"- Of a lookup's {whole:.2f} ms, {core:.2f} ms ({core / whole:.0%}) is the range query "
         f"through SQLAlchemy, which asyncpg alone does in {raw:.2f} ms; the remaining "
-        f"{whole - orm:.2f} ms is the web framework (routing, the token and state "
-        "dependencies, query validation, building and serialising the answer) and the signed "
-        f"URL, against {trivial:.2f} ms for the whole of `/healthz`.",
-        f"- A lookup costs {whole / trivial:.1f}x `/healthz` in CPU, one at a time; under load "
-        "the ratio of throughputs follows it, since both are bound by the one worker's CPU.",
+        f"{whole - core:.2f} ms is the web framework (routing, the token dependencies, query "
+        "validation, building and serialising the answer) and the signed URL, against "
+        f"{trivial:.2f} ms for the whole of `/healthz`.",
+        f"- A lookup costs {whole / trivial:.1f}x `/healthz` in the app, one at a time. Under "
+        "load both are bound by the machine's CPU, shared by the workers, PostgreSQL and the "
+        "load generator; per request, uvicorn's HTTP handling comes on top of both.",
     ]
     return lines
 
@@ -580,6 +630,26 @@ def table(results: Sequence[Result]) -> list[str]:
             f"| {_ms(max(r.latencies_ms, default=float('nan')))} |"
         )
     return lines
+
+
+def cpu_lines(results: Sequence[Result]) -> list[str]:
+    measured = [r for r in results if r.cpu is not None]
+    if not measured:
+        return []
+    lines = [
+        "CPU per answered request at max throughput, ms (from /proc; PostgreSQL's processes "
+        "serve every database of the server, other work on the machine included):",
+        "",
+        "| endpoint | server workers | PostgreSQL | load generator | machine CPU in use |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for r in measured:
+        assert r.cpu is not None
+        lines.append(
+            f"| `{r.endpoint}` | {r.cpu.server_ms:.3f} | {r.cpu.postgres_ms:.3f} "
+            f"| {r.cpu.client_ms:.3f} | {r.cpu.busy:.0%} |"
+        )
+    return [*lines, ""]
 
 
 def verdict(results: Sequence[Result], rate: float) -> list[str]:
@@ -649,6 +719,7 @@ def write_page(
         "",
         "## What limits it",
         "",
+        *cpu_lines(results),
         "One call at a time in the benchmark's own process after the load (no network, no "
         "load of its own; other processes on the machine still count, see the load "
         "average above), each layer of a lookup:",
@@ -664,13 +735,12 @@ def write_page(
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    cores = len(os.sched_getaffinity(0))
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lookup_bench", description=__doc__)
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--ranges", type=int, default=1_000_000)
     parser.add_argument("--ranges-per-file", type=int, default=100)
     parser.add_argument("--refill", action="store_true")
-    parser.add_argument("--workers", type=int, default=max(1, cores - 1))
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
@@ -708,13 +778,14 @@ async def run(argv: Sequence[str]) -> int:
             timeout = aiohttp.ClientTimeout(total=30)
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 await wait_ready(server, session, 60)
-                results, load_before = await drive(session, server.url, shape, token, args)
+                results, load_before = await drive(session, server, shape, token, args)
         finally:
             server.stop()
         load_after = os.getloadavg()[0]
         print("one lookup, piece by piece ...", flush=True)
         steps = await breakdown(args, shape, Path(tmp))
-    for line in [*table(results), "", *verdict(results, args.rate), "", *breakdown_lines(steps)]:
+    summary = [*table(results), "", *verdict(results, args.rate), "", *cpu_lines(results)]
+    for line in [*summary, *breakdown_lines(steps)]:
         print(line)
     write_page(
         args.out, argv, args, shape, pg_version, fill_s, results, load_before, load_after, steps
@@ -724,9 +795,14 @@ async def run(argv: Sequence[str]) -> int:
 
 
 async def drive(
-    session: aiohttp.ClientSession, base: str, shape: Shape, token: str, args: argparse.Namespace
+    session: aiohttp.ClientSession,
+    server: Server,
+    shape: Shape,
+    token: str,
+    args: argparse.Namespace,
 ) -> tuple[list[Result], float]:
     """The four measured phases, and the load average before them."""
+    base = server.url
     lookups = lookup_urls(base, shape, 50_000, seed=20_261_125)
     trivial = [f"{base}/healthz"]
     auth = {"Authorization": f"Bearer {token}"}
@@ -741,7 +817,10 @@ async def drive(
     results = []
     for name, urls in (("healthz", trivial), ("lookup", lookups)):
         print(f"{name}: max throughput ...", flush=True)
-        results.append(await closed_loop(session, name, urls, auth, args.connections, args.seconds))
+        before = cpu_sample(server.process.pid)
+        result = await closed_loop(session, name, urls, auth, args.connections, args.seconds)
+        result.cpu = cpu_use(before, cpu_sample(server.process.pid), result.done)
+        results.append(result)
     # The latency when the server keeps up: 70% of what the lookups reached at most. Before
     # the offered rate, which may overload the server and leave it a backlog.
     sustainable = max(1, round(0.7 * results[1].throughput))

@@ -10,6 +10,7 @@ newest copy on a tie; a range that straddles two range files is answered with bo
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,14 +18,38 @@ from pydantic import BaseModel, ConfigDict, Field
 from ess_common.errors import EssError, NotFound, PermanentError
 
 
+class RangeFailure(StrEnum):
+    """Why a range cannot be served, for a program to act on (the reason is for a person)."""
+
+    #: The file is known but no copy holds the range yet: ask again later.
+    NOT_PREPARED = "not_prepared"
+    #: No request holds the file.
+    UNKNOWN_FILE = "unknown_file"
+    #: The range ends beyond the file's last event.
+    OUTSIDE_FILE = "outside_file"
+    #: The positions break the convention (1 <= startEvent <= lastEvent).
+    BAD_RANGE = "bad_range"
+
+
 class RangeNotPrepared(NotFound):
-    def __init__(self, scope: str, lfn: str, start: int, last: int, why: str) -> None:
+    def __init__(
+        self,
+        scope: str,
+        lfn: str,
+        start: int,
+        last: int,
+        why: str,
+        code: RangeFailure = RangeFailure.NOT_PREPARED,
+    ) -> None:
         super().__init__("event range", f"{scope}:{lfn} events {start}-{last}")
         self.args = (f"events {start}-{last} of {scope}:{lfn} {why}",)
+        self.code = code
 
 
 class RangeOutsideFile(PermanentError):
-    pass
+    def __init__(self, reason: str, code: RangeFailure = RangeFailure.OUTSIDE_FILE) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 class Span(Protocol):
@@ -42,7 +67,8 @@ def check_asked(start: int, last: int) -> None:
     if start < 1 or last < start:
         raise RangeOutsideFile(
             f"startEvent {start} and lastEvent {last} must satisfy 1 <= startEvent <= lastEvent "
-            "(1-based positions in the original file, PanDA's convention)"
+            "(1-based positions in the original file, PanDA's convention)",
+            RangeFailure.BAD_RANGE,
         )
 
 
@@ -75,10 +101,18 @@ def not_prepared(
 ) -> RangeNotPrepared | RangeOutsideFile:
     """Why no copy holds the range, given the file's event count (None: nobody asked for it)."""
     if n_events is None:
-        return RangeNotPrepared(scope, lfn, start, last, "are not known: no request holds the file")
+        return RangeNotPrepared(
+            scope,
+            lfn,
+            start,
+            last,
+            "are not known: no request holds the file",
+            RangeFailure.UNKNOWN_FILE,
+        )
     if last > n_events:
         return RangeOutsideFile(
-            f"lastEvent {last} is beyond the {n_events} events of {scope}:{lfn}"
+            f"lastEvent {last} is beyond the {n_events} events of {scope}:{lfn}",
+            RangeFailure.OUTSIDE_FILE,
         )
     return RangeNotPrepared(scope, lfn, start, last, "are not prepared (yet)")
 
@@ -164,19 +198,28 @@ class PandaEventRange(BaseModel):
 
 
 class BatchLookup(BaseModel):
-    event_ranges: list[PandaEventRange] = Field(alias="eventRanges", max_length=10_000)
+    # A Sequence, so that a service may narrow the ranges' model (the head bounds positions).
+    event_ranges: Sequence[PandaEventRange] = Field(alias="eventRanges", max_length=10_000)
 
 
 class RangeResult(BaseModel):
     event_range_id: str = Field(serialization_alias="eventRangeID")
     status: str = Field(description="`ok`, or `failed` with a reason")
     reason: str | None = None
+    code: RangeFailure | None = Field(
+        default=None,
+        description="why a `failed` range cannot be served, for a program to act on; null "
+        "when it is `ok` or failed for another reason (a server ESS needs is unavailable)",
+    )
     pieces: list[Piece] = []
 
 
 def range_result(event_range_id: str, found: LookupAnswer | EssError) -> RangeResult:
     if isinstance(found, EssError):
-        return RangeResult(event_range_id=event_range_id, status="failed", reason=str(found))
+        code = found.code if isinstance(found, RangeNotPrepared | RangeOutsideFile) else None
+        return RangeResult(
+            event_range_id=event_range_id, status="failed", reason=str(found), code=code
+        )
     return RangeResult(event_range_id=event_range_id, status="ok", pieces=found.pieces)
 
 

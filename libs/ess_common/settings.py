@@ -87,6 +87,9 @@ class HeadSettings(EssSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    #: Worker processes of the head API on its port (`python -m ess_head_api`): a request
+    #: costs CPU, so one per core the API may use. Each has a database pool of its own.
+    head_workers: int = Field(default=1, ge=1, le=64)
     #: An edge whose last heartbeat is older than this is lost and its work moves.
     edge_lost_after_s: float = Field(default=30.0, gt=0)
     sweep_interval_s: float = Field(default=2.0, gt=0)

@@ -1,18 +1,36 @@
-"""Engines and sessions: one session per HTTP request or per message; the boundary commits."""
+"""Engines and sessions: one session per HTTP request or per message; the boundary commits.
+
+Reads that need no transaction of their own (the pilots' lookups) take a pooled connection in
+autocommit instead (`read`): no BEGIN and ROLLBACK around their one query.
+
+PostgreSQL connections are not pinged before each use (a round trip, and with it a
+transaction, per checkout): a connection found lost when used invalidates the whole pool, so
+only the statement that found it fails. `read` runs its work once more on a fresh connection
+then; a unit of work fails and is retried by its boundary (a message is redelivered).
+Connections are also replaced after `pool_recycle` seconds, before anything in between (a
+firewall, a proxy) can have dropped them unseen.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import QueuePool
+
+T = TypeVar("T")
 
 
 def is_sqlite(url: str) -> bool:
@@ -34,7 +52,7 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
-    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_recycle", 1800)
     return create_async_engine(url, **kwargs)
 
 
@@ -45,8 +63,79 @@ def make_session_maker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def engine_of(sessions: SessionMaker) -> AsyncEngine:
+    """The engine a session maker is bound to."""
+    engine = sessions.kw.get("bind")
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError("the session maker is not bound to an AsyncEngine")
+    return engine
+
+
 @asynccontextmanager
 async def unit_of_work(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
     """Commit when the block ends normally, roll back when it raises."""
     async with sessions() as session, session.begin():
         yield session
+
+
+#: Per engine, the same engine (the same pool) whose connections are in autocommit.
+_autocommit: weakref.WeakKeyDictionary[AsyncEngine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def _reader(engine: AsyncEngine) -> AsyncEngine:
+    if is_sqlite(engine.url.drivername):
+        # Its driver opens no transaction for a SELECT: nothing to leave out.
+        return engine
+    reader = _autocommit.get(engine)
+    if reader is None:
+        reader = _autocommit[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return reader
+
+
+@asynccontextmanager
+async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection of `engine` for reads, outside any transaction: each statement
+    sees what was committed when it started."""
+    async with _reader(engine).connect() as connection:
+        yield connection
+
+
+#: Per engine, as many reads at once as its pool keeps connections (and the loop they wait
+#: in): a read beyond that waits for a pooled connection rather than open an overflow one,
+#: which the pool closes again on return: a server process and a login per read, under load.
+_read_slots: weakref.WeakKeyDictionary[
+    AsyncEngine, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]
+] = weakref.WeakKeyDictionary()
+
+
+def _slots(engine: AsyncEngine) -> asyncio.Semaphore | None:
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):
+        return None
+    loop = asyncio.get_running_loop()
+    held = _read_slots.get(engine)
+    if held is None or held[0] is not loop:
+        held = _read_slots[engine] = (loop, asyncio.Semaphore(max(1, pool.size())))
+    return held[1]
+
+
+async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """`work` on a `reading` connection; run again, once, on a fresh connection when the
+    pooled one turns out to be lost (the server restarted, the connection was cut). `work`
+    must only read: it may run twice."""
+    slots = _slots(engine)
+    if slots is None:
+        return await _read(engine, work)
+    async with slots:
+        return await _read(engine, work)
+
+
+async def _read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    try:
+        async with reading(engine) as connection:
+            return await work(connection)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    async with reading(engine) as connection:
+        return await work(connection)

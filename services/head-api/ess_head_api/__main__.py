@@ -1,10 +1,26 @@
-"""`python -m ess_head_api`: serve the head API until SIGTERM."""
+"""`python -m ess_head_api`: serve the head API until SIGTERM.
+
+`ESS_HEAD_WORKERS` worker processes serve the one port, 1 by default. A request costs the
+API's CPU more than its waiting (a pilot's lookup is about half a millisecond of Python, and
+one process runs on one core), so give it one worker per core it may use. Each worker builds
+its own app (`worker_app`): its database pool, bus connection, store client and outbox relay;
+the relays and the request expiry of several processes share their tables (SKIP LOCKED).
+
+Several workers are run by uvicorn's supervisor on a listening socket made here rather than by
+uvicorn's `--workers`, which leaves Nagle's algorithm on for every connection (see
+`tcp_listener`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import uvicorn
+from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from ess_common.db.session import make_engine, make_session_maker
 from ess_common.logs import configure_logging
@@ -16,35 +32,79 @@ from ess_head_api.app import create_app
 from ess_head_api.state import HeadState
 
 
-async def run(settings: HeadSettings) -> None:
-    if settings.bus_url.startswith("memory://"):
-        raise SystemExit("the head API process needs a shared bus: set ESS_BUS_URL to amqp://...")
+def build_app(settings: HeadSettings) -> FastAPI:
+    """The head API with what it runs on: the bus and the store are started, the outbox relay
+    runs, while the app is served (its lifespan); the database pool is closed after."""
     engine = make_engine(settings.database_url)
     bus = make_bus(settings)
     store = make_store(settings)
-    await bus.start()
-    await store.start()
     sessions = make_session_maker(engine)
     relay = OutboxRelay(sessions, bus)
     app = create_app(HeadState(settings, sessions, store, relay))
-    relay_task = asyncio.create_task(relay.run(), name="head-outbox")
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_config=None)
+    served_app = app.router.lifespan_context
+
+    async def stop_relay(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    @asynccontextmanager
+    async def lifespan(served: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(engine.dispose)
+            await bus.start()
+            stack.push_async_callback(bus.close)
+            await store.start()
+            stack.push_async_callback(store.close)
+            relay_task = asyncio.create_task(relay.run(), name="head-outbox")
+            stack.push_async_callback(stop_relay, relay_task)
+            async with served_app(served):
+                yield
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def worker_app() -> FastAPI:
+    """One worker's app, for uvicorn's `--factory`: settings and logging are made in the
+    worker process."""
+    settings = HeadSettings()
+    configure_logging(settings.log_format, settings.log_level)
+    return build_app(settings)
+
+
+def tcp_listener(config: uvicorn.Config) -> socket.socket:
+    """The listening socket of uvicorn's workers, told that it is TCP. uvicorn binds it with
+    protocol 0 and the connections it accepts inherit that; asyncio sets TCP_NODELAY only on
+    connections whose protocol is TCP, so each answer on a kept-alive connection would wait
+    ~40 ms for the client's delayed ACK (uvicorn issue #3149)."""
+    bound = config.bind_socket()
+    return socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, bound.detach())
+
+
+def serve(settings: HeadSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain the requests (in every worker)."""
+    if settings.head_workers == 1:
+        uvicorn.run(
+            build_app(settings), host=settings.api_host, port=settings.api_port, log_config=None
+        )
+        return
+    config = uvicorn.Config(
+        "ess_head_api.__main__:worker_app",
+        factory=True,
+        workers=settings.head_workers,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
     )
-    try:
-        await server.serve()  # returns on SIGTERM / SIGINT after draining requests
-    finally:
-        relay_task.cancel()
-        await asyncio.gather(relay_task, return_exceptions=True)
-        await store.close()
-        await bus.close()
-        await engine.dispose()
+    Multiprocess(config, sockets=[tcp_listener(config)]).run()
 
 
 def main() -> None:
     settings = HeadSettings()
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run(settings))
+    if settings.bus_url.startswith("memory://"):
+        raise SystemExit("the head API process needs a shared bus: set ESS_BUS_URL to amqp://...")
+    serve(settings)
 
 
 if __name__ == "__main__":

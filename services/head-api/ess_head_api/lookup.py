@@ -5,19 +5,25 @@ The rule (positions, copies, straddling ranges) is `ess_common.ranges`, shared w
 Any live edge serves any range file (it pulls it through from the object store on a miss);
 among the closest ones the object key picks one by rendezvous hashing, so that pilots asking
 for the same file go to the same edge and find it cached there.
+
+Lookups are the hot path of the head: they read columns with SQLAlchemy Core on a connection
+outside any transaction (`ess_common.db.session.read`), one query when the range is prepared.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import time
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NamedTuple
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Engine, bindparam, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ess_common.db.models import Edge, EdgeStatus, File, Range, utcnow
 from ess_common.ranges import RangeNotPrepared as RangeNotPrepared
@@ -26,6 +32,10 @@ from ess_common.ranges import best_cover, check_asked, make_piece, not_prepared
 from ess_common.ranges import covering as covering
 from ess_common.store.base import ObjectStore
 from ess_head_api.schemas import LookupAnswer
+
+#: How long the list of live edges is reused: it changes with heartbeats (seconds apart) and an
+#: edge is lost only after `edge_lost_after_s` (tens of seconds) without one.
+LIVE_EDGES_TTL_S = 1.0
 
 
 class PilotPlace(BaseModel):
@@ -66,72 +76,140 @@ class EdgeHint:
         return f"{url}/v1/objects/{key}"
 
 
+class LiveEdge(NamedTuple):
+    name: str
+    site: str
+    region: str
+    url: str
+    latitude: float | None
+    longitude: float | None
+
+
+_LIVE_EDGES = select(
+    Edge.name, Edge.site, Edge.region, Edge.url, Edge.latitude, Edge.longitude
+).where(
+    Edge.status == EdgeStatus.ALIVE,
+    Edge.last_heartbeat >= bindparam("heard_since"),
+    Edge.url.is_not(None),
+)
+
+
+@dataclass
+class _Held:
+    at: float
+    lost_after_s: float
+    edges: tuple[LiveEdge, ...]
+
+
+#: The live edges last read, per database (engine), with when they were read.
+_held: weakref.WeakKeyDictionary[Engine, _Held] = weakref.WeakKeyDictionary()
+
+
+async def live_edges(
+    connection: AsyncConnection, lost_after_s: float, *, ttl_s: float = LIVE_EDGES_TTL_S
+) -> tuple[LiveEdge, ...]:
+    """The edges that heartbeat within `lost_after_s`, serve (alive) and have a URL; read from
+    the database at most once per `ttl_s`."""
+    engine = connection.sync_engine
+    now = time.monotonic()
+    held = _held.get(engine)
+    if held is not None and held.lost_after_s == lost_after_s and now - held.at < ttl_s:
+        return held.edges
+    heard_since = utcnow() - timedelta(seconds=lost_after_s)
+    rows = await connection.execute(_LIVE_EDGES, {"heard_since": heard_since})
+    edges = tuple(
+        LiveEdge(r.name, r.site, r.region, r.url or "", r.latitude, r.longitude) for r in rows
+    )
+    _held[engine] = _Held(now, lost_after_s, edges)
+    return edges
+
+
 async def edge_hint(
-    session: AsyncSession, lost_after_s: float, place: PilotPlace | None
+    connection: AsyncConnection, lost_after_s: float, place: PilotPlace | None
 ) -> EdgeHint | None:
     """None when the pilot did not say where it runs: it gets the object store only."""
     if place is None or not place.given:
         return None
-    lost_after = timedelta(seconds=lost_after_s)
-    live = (
-        await session.scalars(
-            select(Edge).where(
-                Edge.status == EdgeStatus.ALIVE,
-                Edge.last_heartbeat >= utcnow() - lost_after,
-                Edge.url.is_not(None),
-            )
-        )
-    ).all()
+    live = await live_edges(connection, lost_after_s)
     tiers = [
         [e for e in live if place.site and e.site == place.site],
         [e for e in live if place.region and e.region == place.region],
     ]
-    if place.latitude is not None and place.longitude is not None:
-        located = [e for e in live if e.latitude is not None and e.longitude is not None]
+    lat, lon = place.latitude, place.longitude
+    if lat is not None and lon is not None:
+        located = [
+            (_distance_km(lat, lon, e.latitude, e.longitude), e)
+            for e in live
+            if e.latitude is not None and e.longitude is not None
+        ]
         if located:
-
-            def km(e: Edge) -> float:
-                assert e.latitude is not None and e.longitude is not None
-                assert place is not None and place.latitude is not None
-                assert place.longitude is not None
-                return _distance_km(place.latitude, place.longitude, e.latitude, e.longitude)
-
-            nearest = min(km(e) for e in located)
-            tiers.append([e for e in located if km(e) <= nearest + 1.0])
+            nearest = min(km for km, _ in located)
+            tiers.append([e for km, e in located if km <= nearest + 1.0])
     best = next((tier for tier in tiers if tier), [])
-    return EdgeHint(tuple((e.name, (e.url or "").rstrip("/")) for e in best))
+    return EdgeHint(tuple((e.name, e.url.rstrip("/")) for e in best))
+
+
+class FoundRange(NamedTuple):
+    """A range row as a lookup needs it."""
+
+    id: int
+    file_id: int | None
+    first_event: int
+    last_event: int
+    object_key: str
+    size: int
+    adler32: str
+
+
+_RANGES = (
+    select(
+        Range.id,
+        Range.file_id,
+        Range.first_event,
+        Range.last_event,
+        Range.object_key,
+        Range.size,
+        Range.adler32,
+    )
+    .where(
+        Range.scope == bindparam("scope"),
+        Range.lfn == bindparam("lfn"),
+        Range.first_event <= bindparam("last"),
+        Range.last_event >= bindparam("start"),
+    )
+    .order_by(Range.file_id, Range.first_event)
+)
+
+_N_EVENTS = select(func.max(File.n_events)).where(
+    File.scope == bindparam("scope"), File.lfn == bindparam("lfn")
+)
+
+
+def copies_of(rows: list[FoundRange]) -> dict[int, list[FoundRange]]:
+    """The rows (sorted by file, then first event) by copy: a request's file (its id), or a
+    range split on its own, outside any request's copy (no file id), as a copy of one range
+    keyed by its negative range id."""
+    by_copy: dict[int, list[FoundRange]] = defaultdict(list)
+    for r in rows:
+        by_copy[r.file_id if r.file_id is not None else -r.id].append(r)
+    return by_copy
 
 
 async def find_pieces(
-    session: AsyncSession, scope: str, lfn: str, start: int, last: int
-) -> list[Range]:
+    connection: AsyncConnection, scope: str, lfn: str, start: int, last: int
+) -> list[FoundRange]:
     check_asked(start, last)
-    rows = (
-        await session.scalars(
-            select(Range)
-            .where(
-                Range.scope == scope,
-                Range.lfn == lfn,
-                Range.first_event <= last,
-                Range.last_event >= start,
-            )
-            .order_by(Range.file_id, Range.first_event)
-        )
-    ).all()
-    by_file: dict[int, list[Range]] = defaultdict(list)
-    for r in rows:
-        by_file[r.file_id].append(r)
-    found = best_cover(by_file.items(), start, last)
+    params = {"scope": scope, "lfn": lfn, "start": start, "last": last}
+    rows = [FoundRange(*row) for row in await connection.execute(_RANGES, params)]
+    found = best_cover(copies_of(rows).items(), start, last)
     if found is not None:
         return found
-    n_events = await session.scalar(
-        select(func.max(File.n_events)).where(File.scope == scope, File.lfn == lfn)
-    )
+    n_events = await connection.scalar(_N_EVENTS, {"scope": scope, "lfn": lfn})
     raise not_prepared(scope, lfn, start, last, n_events)
 
 
 async def answer(
-    session: AsyncSession,
+    connection: AsyncConnection,
     store: ObjectStore,
     ttl_s: int,
     scope: str,
@@ -140,7 +218,7 @@ async def answer(
     last: int,
     hint: EdgeHint | None = None,
 ) -> LookupAnswer:
-    pieces = await find_pieces(session, scope, lfn, start, last)
+    pieces = await find_pieces(connection, scope, lfn, start, last)
     out = [
         make_piece(
             first_event=r.first_event,

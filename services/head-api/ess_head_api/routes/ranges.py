@@ -1,30 +1,50 @@
-"""Pilot lookups: which prepared file(s) hold a PanDA event range, with signed URLs."""
+"""Pilot lookups: which prepared file(s) hold a PanDA event range, with signed URLs.
+
+The answers are built once, as the shared models, and sent as their JSON: FastAPI does not
+validate them again (`response_model` still documents them in the OpenAPI document).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import Field, TypeAdapter
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ess_common import ranges as shared
+from ess_common.db.session import engine_of, read
 from ess_common.errors import EssError
 from ess_common.events import MAX_EVENT
+from ess_common.ranges import RangeResult, range_result
 from ess_head_api.auth import LOOKERS, require
 from ess_head_api.lookup import PilotPlace, answer, edge_hint
-from ess_head_api.schemas import LookupAnswer, Piece
-from ess_head_api.state import HeadState, head_state
+from ess_head_api.schemas import LookupAnswer
+from ess_head_api.state import head_state
 
 router = APIRouter(prefix="/v1", tags=["ranges"], dependencies=[require(*LOOKERS)])
-State = Annotated[HeadState, Depends(head_state)]
+_ANSWER = TypeAdapter(LookupAnswer)
+_RESULTS = TypeAdapter(list[RangeResult])
+
+
+class JSONAnswer(JSONResponse):
+    """An answer serialised to JSON already, sent as it is."""
+
+    def render(self, content: Any) -> bytes:
+        if not isinstance(content, bytes):
+            raise TypeError("a JSONAnswer is made of JSON bytes")
+        return content
 
 
 @router.get(
     "/ranges",
     response_model=LookupAnswer,
+    response_class=JSONAnswer,
     responses={404: {"description": "the file is unknown, or the range is not prepared (yet)"}},
 )
 async def lookup_range(
-    state: State,
+    request: Request,
     scope: str,
     lfn: Annotated[str, Query(alias="LFN")],
     # Not bounded here: `find_pieces` refuses what breaks the convention with a reason that
@@ -43,60 +63,61 @@ async def lookup_range(
     ],
     # Where the pilot runs: each piece then also names the closest live edge (`edge_url`).
     place: Annotated[PilotPlace, Query()],
-) -> LookupAnswer:
+) -> Response:
     """`startEvent` and `lastEvent` are 1-based, inclusive positions of events in the original
     file (PanDA's in-file numbering). The answer lists every prepared file holding part of
     the range, the events each holds, and how to number them within that file."""
-    async with state.sessions() as session:
+    # The state is taken from the request rather than as a dependency: FastAPI would run
+    # `head_state`, a plain function, in a thread, on every lookup.
+    state = head_state(request)
+    settings = state.settings
+
+    async def look_up(connection: AsyncConnection) -> LookupAnswer:
+        hint = await edge_hint(connection, settings.edge_lost_after_s, place)
         return await answer(
-            session,
+            connection,
             state.store,
-            state.settings.signed_url_ttl_s,
+            settings.signed_url_ttl_s,
             scope,
             lfn,
             start_event,
             last_event,
-            await edge_hint(session, state.settings.edge_lost_after_s, place),
+            hint,
         )
 
+    found = await read(engine_of(state.sessions), look_up)
+    return JSONAnswer(_ANSWER.dump_json(found))
 
-class PandaEventRange(BaseModel):
+
+class PandaEventRange(shared.PandaEventRange):
     """An event range exactly as PanDA hands it to a pilot."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
-
-    event_range_id: str = Field(alias="eventRangeID")
-    lfn: str = Field(alias="LFN")
-    guid: str = Field(default="", alias="GUID")
-    scope: str
     start_event: int = Field(alias="startEvent", le=MAX_EVENT)
     last_event: int = Field(alias="lastEvent", le=MAX_EVENT)
 
 
-class BatchLookup(PilotPlace):
+class BatchLookup(PilotPlace, shared.BatchLookup):
+    """PanDA's event ranges, and where the pilot runs (see `GET /v1/ranges`)."""
+
     event_ranges: list[PandaEventRange] = Field(alias="eventRanges", max_length=10_000)
 
 
-class RangeResult(BaseModel):
-    event_range_id: str = Field(serialization_alias="eventRangeID")
-    status: str = Field(description="`ok`, or `failed` with a reason")
-    reason: str | None = None
-    pieces: list[Piece] = []
-
-
-@router.post("/ranges/lookup", response_model=list[RangeResult], response_model_by_alias=True)
-async def lookup_ranges(body: BatchLookup, state: State) -> list[RangeResult]:
+@router.post("/ranges/lookup", response_model=list[RangeResult], response_class=JSONAnswer)
+async def lookup_ranges(body: BatchLookup, request: Request) -> Response:
     """One answer for a batch of PanDA event ranges; a range that cannot be served comes back
-    `failed` with the reason, never left out."""
-    results = []
-    async with state.sessions() as session:
-        hint = await edge_hint(session, state.settings.edge_lost_after_s, body)
+    `failed` with the reason and its `code`, never left out."""
+    state = head_state(request)
+    settings = state.settings
+
+    async def look_up(connection: AsyncConnection) -> list[RangeResult]:
+        hint = await edge_hint(connection, settings.edge_lost_after_s, body)
+        results = []
         for r in body.event_ranges:
             try:
-                found = await answer(
-                    session,
+                found: LookupAnswer | EssError = await answer(
+                    connection,
                     state.store,
-                    state.settings.signed_url_ttl_s,
+                    settings.signed_url_ttl_s,
                     r.scope,
                     r.lfn,
                     r.start_event,
@@ -104,11 +125,9 @@ async def lookup_ranges(body: BatchLookup, state: State) -> list[RangeResult]:
                     hint,
                 )
             except EssError as exc:
-                results.append(
-                    RangeResult(event_range_id=r.event_range_id, status="failed", reason=str(exc))
-                )
-                continue
-            results.append(
-                RangeResult(event_range_id=r.event_range_id, status="ok", pieces=found.pieces)
-            )
-    return results
+                found = exc
+            results.append(range_result(r.event_range_id, found))
+        return results
+
+    results = await read(engine_of(state.sessions), look_up)
+    return JSONAnswer(_RESULTS.dump_json(results, by_alias=True))
