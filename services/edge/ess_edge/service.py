@@ -1,5 +1,5 @@
 """The edge daemon: declares its queues, serves pilots, starts its workers, evicts, heartbeats
-until stopped.
+until stopped; marks cancelled requests, whose queued work its workers then drop.
 
 Its queues are declared and its server answers before the first heartbeat, so the broker never
 sends it work that has nowhere to go and the head never points a pilot at it too early. It
@@ -13,8 +13,10 @@ import asyncio
 import structlog
 
 from ess_common.cache_space import CacheSpace
-from ess_common.edge_work import edge_queues
-from ess_common.messaging.bus import Bus
+from ess_common.edge_work import CancelledRequests, cancelled_queue, edge_queues
+from ess_common.events import RequestCancelled
+from ess_common.messaging.bus import Bus, Delivery
+from ess_common.messaging.handlers import parse_for
 from ess_common.runtime import every
 from ess_common.settings import EdgeSettings
 from ess_edge.cache import Evictor
@@ -42,6 +44,7 @@ class Edge:
             settings.edge_cache_dir, settings.edge_quota_bytes, pin_ttl_s=settings.edge_pin_ttl_s
         )
         self.evictor = Evictor(settings, self.space)
+        self.cancelled = CancelledRequests(settings.edge_cache_dir)
         self._tasks: list[asyncio.Task[None]] = []
         self._serving: asyncio.Task[None] | None = None
 
@@ -54,6 +57,11 @@ class Edge:
         self.settings.edge_cache_dir.mkdir(parents=True, exist_ok=True)
         for queue, bindings in edge_queues(self.bus.exchange, self.settings.edge_name).items():
             await self.bus.declare(queue, bindings)
+        await self.bus.consume(
+            cancelled_queue(self.bus.exchange, self.settings.edge_name),
+            ["request.cancelled"],
+            self.on_cancelled,
+        )
         if self.server is not None:
             await self._serve(self.server)
         # The evictor first: a worker's download waits for room only while one runs.
@@ -86,6 +94,13 @@ class Edge:
                 serving.result()  # the reason it could not start (a port in use, ...)
                 raise RuntimeError("the edge's server stopped before it started")
             await asyncio.sleep(0.02)
+
+    async def on_cancelled(self, delivery: Delivery) -> None:
+        event = parse_for(delivery, RequestCancelled)
+        assert isinstance(event, RequestCancelled)
+        await asyncio.to_thread(self.cancelled.mark, event.request_id)
+        forgotten = await asyncio.to_thread(self.cancelled.forget_old)
+        log.info("request.cancelled", request_id=event.request_id, forgotten=forgotten)
 
     async def heartbeat(self) -> None:
         await send_heartbeat(self.settings, self.bus, url=self.url)

@@ -22,7 +22,7 @@ import structlog
 
 from ess_common.cache_space import CacheSpace, Pin, reserve_waiting, split_headroom, touch
 from ess_common.checksums import adler32_of_file
-from ess_common.edge_work import assigned_queue, cache_path, work_handler
+from ess_common.edge_work import CancelledRequests, assigned_queue, cache_path, work_handler
 from ess_common.errors import ChecksumMismatch, EssError, RetryableError
 from ess_common.events import DatasetFile, FileAssigned, FileCached
 from ess_common.messaging.bus import Bus
@@ -124,6 +124,7 @@ class Precacher:
                 "precache",
                 self.settings.max_attempts,
                 self.handle_file_assigned,
+                cancelled=CancelledRequests(self.cache_dir),
             ),
         )
 

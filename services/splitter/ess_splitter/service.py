@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from ess_common.cache_space import unpin
-from ess_common.edge_work import cache_path, cached_queue, work_handler
+from ess_common.edge_work import CancelledRequests, cache_path, cached_queue, work_handler
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.events import FileCached, RangeInfo, SplitDone
 from ess_common.messaging.bus import Bus
@@ -106,7 +106,14 @@ class Splitter:
             cached_queue(self.bus.exchange, self.settings.edge_name),
             [f"file.cached.{self.settings.edge_name}"],
             work_handler(
-                self.bus, FileCached, "split", self.settings.max_attempts, self.handle_file_cached
+                self.bus,
+                FileCached,
+                "split",
+                self.settings.max_attempts,
+                self.handle_file_cached,
+                cancelled=CancelledRequests(self.cache_dir),
+                # The cached input is no longer needed by this work: it may be evicted.
+                dropped=lambda e: unpin(self.cache_dir, e.work.file_id, e.work.attempt),
             ),
             prefetch=self.workers,
         )
