@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -32,6 +33,7 @@ import httpx
 
 from ess_common.store.s3 import S3Store
 
+PILOT_TOKEN = "cdn-bench-pilot-token"
 CONCURRENCY = 8
 ZIPF_S = 1.1
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -167,6 +169,8 @@ def _env(
         "ESS_EDGE_PORT": str(port),
         "ESS_EDGE_URL": f"http://127.0.0.1:{port}",
         "ESS_HEAD_URL": "http://127.0.0.1:9",
+        # No head here: the edge checks the pilot's token itself.
+        "ESS_TOKENS": json.dumps({"pilot": [PILOT_TOKEN]}),
         "ESS_LOG_LEVEL": "WARNING",
     }
 
@@ -248,6 +252,8 @@ async def run_cdn(
             direct, _ = await _play(client, [signed[i] for i in asked])
             edge = _start_edge(workdir, _env(workdir, bucket, exchange, amqp, s3, port))
             await _wait_healthy(client, edge_url, edge)
+            # The token goes to the edge only: S3 refuses a second authentication.
+            client.headers["Authorization"] = f"Bearer {PILOT_TOKEN}"
             through, results = await _play(
                 client, [f"{edge_url}/v1/objects/{keys[i]}" for i in asked]
             )

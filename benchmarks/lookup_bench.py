@@ -607,10 +607,17 @@ def breakdown_lines(steps: Sequence[Step]) -> list[str]:
 
 def _software(pg_version: str) -> str:
     from importlib.metadata import version
+    from importlib.util import find_spec
 
     names = ["fastapi", "uvicorn", "sqlalchemy", "asyncpg", "aiohttp"]
     packages = ", ".join(f"{name} {version(name)}" for name in names)
-    return f"Python {platform.python_version()}, PostgreSQL {pg_version}, {packages}"
+    # What uvicorn picks when installed: the HTTP parser and event loop every answer goes through.
+    http = "httptools" if find_spec("httptools") else "h11"
+    loop = "uvloop" if find_spec("uvloop") else "asyncio"
+    return (
+        f"Python {platform.python_version()}, PostgreSQL {pg_version}, {packages} "
+        f"(uvicorn on {http} and the {loop} event loop)"
+    )
 
 
 def _ms(value: float) -> str:
@@ -643,13 +650,24 @@ def cpu_lines(results: Sequence[Result]) -> list[str]:
         "| endpoint | server workers | PostgreSQL | load generator | machine CPU in use |",
         "|---|--:|--:|--:|--:|",
     ]
+    total: dict[str, float] = {}
     for r in measured:
         assert r.cpu is not None
         lines.append(
             f"| `{r.endpoint}` | {r.cpu.server_ms:.3f} | {r.cpu.postgres_ms:.3f} "
             f"| {r.cpu.client_ms:.3f} | {r.cpu.busy:.0%} |"
         )
-    return [*lines, ""]
+        total[r.endpoint] = r.cpu.server_ms + r.cpu.postgres_ms + r.cpu.client_ms
+    lines.append("")
+    if total.get("lookup") and "healthz" in total:
+        lookup, trivial = total["lookup"], total["healthz"]
+        lines += [
+            f"- All parts together, a lookup costs the machine {lookup:.2f} ms of CPU and "
+            f"`/healthz` {trivial:.2f} ms. With the machine's CPU in use, the throughputs "
+            f"stand in about the inverse ratio ({trivial / lookup:.2f}).",
+            "",
+        ]
+    return lines
 
 
 def verdict(results: Sequence[Result], rate: float) -> list[str]:

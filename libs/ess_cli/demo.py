@@ -1,8 +1,10 @@
 """`ess demo`: the whole flow on the embedded default, then the pilot's view of it.
 
-Makes a sample dataset, starts every service in this process, asks for the dataset as PanDA
-would, shows progress until it is ready, then fetches an event range that straddles two
-range files and shows that its events equal the source's.
+Makes a sample dataset, starts every service in this process, asks for two of its files as
+PanDA would, shows progress until they are ready, then fetches an event range that straddles
+two range files and shows that its events equal the source's. Last, PanDA registers the third
+file for on-demand use only, and the pilot client gets a range of it that nobody prepared: an
+edge splits it from the source there and then.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ess_cli.compare import compare_events
 from ess_cli.embedded import Embedded, embedded_settings, free_port
 from ess_cli.pilot import fetch_range
 from ess_cli.sample import SampleFile, make_sample_dataset
+from ess_pilot.client import PilotClient
 
 SCOPE = "user.ess"
 
@@ -32,11 +35,15 @@ def bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def request_body(files: list[SampleFile], events_per_range: int) -> dict[str, object]:
+def request_body(
+    files: list[SampleFile], events_per_range: int, *, prepare: bool = True
+) -> dict[str, object]:
+    kind = "sample" if prepare else "on_demand"
     return {
-        "dataset": f"{SCOPE}:ess_demo.sample",
-        "idempotency_key": f"demo-{events_per_range}",
+        "dataset": f"{SCOPE}:ess_demo.{kind}",
+        "idempotency_key": f"demo-{kind}-{events_per_range}",
         "events_per_range": events_per_range,
+        "prepare": prepare,
         "files": [
             {
                 "scope": SCOPE,
@@ -83,7 +90,7 @@ async def run_demo(workdir: Path, events_per_range: int, edges: int, fresh: bool
     async with Embedded(head, edge_settings) as ess, httpx.AsyncClient(timeout=30) as client:
         say(f"head API on {ess.url} with {edges} edges; docs at {ess.url}/docs")
         response = await client.post(
-            f"{ess.url}/v1/requests", json=request_body(files, events_per_range)
+            f"{ess.url}/v1/requests", json=request_body(files[:2], events_per_range)
         )
         response.raise_for_status()
         request = response.json()
@@ -121,8 +128,61 @@ async def run_demo(workdir: Path, events_per_range: int, edges: int, fresh: bool
                 ok &= c.equal
                 mark = "equal" if c.equal else "DIFFERENT"
                 say(f"    {c.tree}/{c.branch:<12} {c.events} events {mark} to the source")
+        ok &= await on_demand(client, ess.url, files[2], events_per_range, workdir)
         say("\nevery event equals the source's" if ok else "\nMISMATCH")
         return 0 if ok else 1
+
+
+async def on_demand(
+    client: httpx.AsyncClient, url: str, source: SampleFile, events_per_range: int, workdir: Path
+) -> bool:
+    """PanDA registers `source` for on-demand use only; the pilot client asks for a range of
+    it, which an edge splits now; its events are compared with the source's."""
+    response = await client.post(
+        f"{url}/v1/requests",
+        json=request_body([source], events_per_range, prepare=False),
+    )
+    response.raise_for_status()
+    say(f"\nPanDA registers {source.lfn} for on-demand splits only (nothing prepared)")
+    start, last = 101, 350
+    asked = {
+        "eventRangeID": "demo-on-demand-1",
+        "LFN": source.lfn,
+        "scope": SCOPE,
+        "GUID": "",
+        "startEvent": start,
+        "lastEvent": last,
+    }
+    say(f"pilot client (on_demand=True) asks for events {start}-{last}")
+    began = time.monotonic()
+    async with PilotClient(
+        url, workdir / "pilot-on-demand", on_demand=True, progress=False
+    ) as pilot:
+        result = await pilot.fetch([asked])
+    (outcome,) = result.outcomes
+    if not outcome.ok:
+        say(f"  failed: {outcome.reason}")
+        return False
+    ok = True
+    for served in outcome.pieces:
+        p = served.piece
+        say(
+            f"  piece {p.key}\n    split on demand in {time.monotonic() - began:.2f} s; "
+            f"local events {p.local_start_event}-{p.local_last_event}, {p.size} bytes, "
+            f"adler32 {p.adler32} verified"
+        )
+        for c in compare_events(
+            source.path,
+            served.path,
+            p.start_event,
+            p.last_event,
+            p.local_start_event,
+            p.local_last_event,
+        ):
+            ok &= c.equal
+            mark = "equal" if c.equal else "DIFFERENT"
+            say(f"    {c.tree}/{c.branch:<12} {c.events} events {mark} to the source")
+    return ok
 
 
 def demo_main(workdir: Path, events_per_range: int, edges: int, fresh: bool) -> None:

@@ -1,6 +1,7 @@
 """The embedded mode: head API, broker, notifier and edges in one process, on SQLite, an
 in-process bus and a local directory as object store. The same classes as the separate
-services, wired together here; nothing is faked.
+services, wired together here; nothing is faked. Each edge serves pilots on a local port of its
+own (lookups, range files, on-demand splits), as a deployed edge does.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import httpx
 import uvicorn
 
 from ess_broker.service import Broker
+from ess_common.cache_space import CacheSpace
 from ess_common.db.migrate import upgrade
 from ess_common.db.session import make_engine, make_session_maker
 from ess_common.messaging.memory import MemoryBus
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.settings import EdgeSettings, HeadSettings
 from ess_common.store.factory import make_store
+from ess_edge.server import EdgeState, create_edge_app, make_server
 from ess_edge.service import Edge
 from ess_head_api.app import create_app
 from ess_head_api.state import HeadState
@@ -54,10 +57,12 @@ def embedded_settings(
                 "url_signing_key": head.url_signing_key,
                 "edge_name": f"edge-{i + 1}",
                 "edge_cache_dir": workdir / f"cache-{i + 1}",
+                "edge_port": edge_port,
+                "edge_url": f"http://127.0.0.1:{edge_port}",
                 "heartbeat_interval_s": 1.0,
             }
         )
-        for i in range(edges)
+        for i, edge_port in enumerate(free_port() for _ in range(edges))
     ]
     return head, edge_list
 
@@ -95,10 +100,16 @@ class Embedded:
             Notifier(self.head, self.bus, self.sessions, http),
         ]
         for edge in self.edges:
+            space = CacheSpace(
+                edge.edge_cache_dir, edge.edge_quota_bytes, pin_ttl_s=edge.edge_pin_ttl_s
+            )
+            state = EdgeState.build(edge, self.store, space, http, self.bus)
+            self._stack.push_async_callback(state.on_demand.close)
+            server = make_server(create_edge_app(state), edge)
             daemons += [
                 Precacher(edge, self.bus),
                 Splitter(edge, self.bus, self.store),
-                Edge(edge, self.bus, children=[]),
+                Edge(edge, self.bus, children=[], server=server),
             ]
         for daemon in daemons:
             await daemon.start()

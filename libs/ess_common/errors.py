@@ -15,6 +15,14 @@ class RetryableError(EssError):
     """A passing fault (a server down, a timeout): the same work may succeed later."""
 
 
+class Busy(RetryableError):
+    """Refused at once for want of capacity: ask again after `retry_after_s` seconds."""
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.retry_after_s = max(1, retry_after_s)
+
+
 class PermanentError(EssError):
     """The input itself is wrong: retrying cannot help, the work is dead-lettered."""
 
@@ -52,3 +60,8 @@ class ChecksumMismatch(RetryableError):
         self.what = what
         self.expected = expected
         self.actual = actual
+
+
+def retry_after(exc: RetryableError | EssError, default: int = 5) -> int:
+    """Seconds an HTTP `Retry-After` tells the client to wait after this error."""
+    return exc.retry_after_s if isinstance(exc, Busy) else default

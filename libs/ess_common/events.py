@@ -222,6 +222,11 @@ class RequestSpec(Contract):
     priority: int = Field(default=0, ge=-1000, le=1000)
     notify: Notify = Notify()
     files: list[DatasetFile] = Field(min_length=1)
+    prepare: bool = Field(
+        default=True,
+        description="false: nothing is split ahead; the dataset is recorded (and ready at "
+        "once) for pilots whose ranges edges split on demand",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -352,6 +357,31 @@ class FileFailed(Event):
         return f"{self.event_type}.{self.work.edge}"
 
 
+class RangeSplitOnDemand(Event):
+    """An edge split one event range a pilot asked for and no request prepared, and uploaded
+    it. Routed to `range.split.<edge>`; the broker records it so that later lookups, at the
+    head and at every edge, find it."""
+
+    event_type: Literal["range.split"] = "range.split"
+    edge: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    scope: str
+    lfn: str
+    range: RangeInfo
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, value: str) -> str:
+        return _check_name(value, "scope")
+
+    @field_validator("lfn")
+    @classmethod
+    def _lfn(cls, value: str) -> str:
+        return _check_name(value, "LFN")
+
+    def routing_key(self) -> str:
+        return f"{self.event_type}.{self.edge}"
+
+
 class EdgeHeartbeat(Event):
     """An edge is alive: its place, its space and its load. Emitted every few seconds."""
 
@@ -429,6 +459,7 @@ AnyEvent = Annotated[
     | FileCached
     | SplitDone
     | FileFailed
+    | RangeSplitOnDemand
     | EdgeHeartbeat
     | RequestReady
     | RequestFailed

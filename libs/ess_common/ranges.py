@@ -237,10 +237,11 @@ class RangeEntry(Answer):
 
 
 class PreparedCopy(Answer):
-    """One split of the file (one request's file), its ranges sorted by first event."""
+    """One split of the file (one request's file), its ranges sorted by first event; a range
+    split on demand is a copy of its own, with no request and `file_id` its range id negated."""
 
     file_id: int
-    request_id: str
+    request_id: str | None
     events_per_range: int
     ranges: list[RangeEntry]
 

@@ -59,6 +59,32 @@ class EssSettings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_s: float = Field(default=1.0, ge=0.0)
     prefetch: int = Field(default=8, ge=1)
+    #: Bearer tokens by role (panda, pilot, edge, admin), e.g.
+    #: ESS_TOKENS='{"panda": ["..."], "pilot": ["..."]}'. At the head: who may call its API
+    #: (none at all: the API is open, the embedded first try); edge tokens also sign the edges'
+    #: messages to the broker. At an edge (optional): the tokens its routes take without asking
+    #: the head.
+    tokens: dict[str, list[SecretStr]] = {}
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, value: dict[str, list[SecretStr]]) -> dict[str, list[SecretStr]]:
+        unknown = set(value) - set(ROLES)
+        if unknown:
+            raise ValueError(f"ESS_TOKENS names unknown roles {sorted(unknown)}; known: {ROLES}")
+        seen: set[str] = set()
+        for role, tokens in value.items():
+            for token in tokens:
+                secret = token.get_secret_value()
+                if len(secret) < MIN_TOKEN_LENGTH or secret != secret.strip():
+                    raise ValueError(
+                        f"ESS_TOKENS: a {role} token is shorter than {MIN_TOKEN_LENGTH} "
+                        "characters or has surrounding spaces"
+                    )
+                if secret in seen:
+                    raise ValueError(f"ESS_TOKENS: a {role} token is given twice or to two roles")
+                seen.add(secret)
+        return value
 
     @field_validator("bus_url")
     @classmethod
@@ -100,16 +126,15 @@ class HeadSettings(EssSettings):
     #: broker's sweep, in batches); None keeps them as long as their request.
     range_retention_s: float | None = Field(default=None, gt=0)
     range_retention_batch: int = Field(default=500, ge=1)
+    #: Ranges split on demand (no request's) are deleted this long after they were made;
+    #: None keeps them until `range_retention_s`.
+    on_demand_retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)
     panda_exchange: str = "panda"
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_max_attempts: int = Field(default=8, ge=1)
     #: Routing keys of the notices on `panda_exchange`, by event (`request.ready`,
     #: `request.failed`, `request.cancelled`, `file.ready`); an event not named keeps its own.
     panda_routing_keys: dict[str, str] = {}
-    #: Bearer tokens of the head API by role (panda, pilot, edge, admin), e.g.
-    #: ESS_TOKENS='{"panda": ["..."], "pilot": ["..."]}'. None at all: the API is open (the
-    #: embedded first try); edge tokens also sign the edges' messages to the broker.
-    tokens: dict[str, list[SecretStr]] = {}
     #: A request ready, failed or cancelled this long ago is expired: its range files and its
     #: rows are deleted. 0 keeps requests forever.
     request_ttl_s: float = Field(default=30 * 24 * 3600, ge=0)
@@ -128,26 +153,6 @@ class HeadSettings(EssSettings):
                 f"ESS_PANDA_ROUTING_KEYS names unknown events {sorted(unknown)}; "
                 f"known are {list(PANDA_NOTICES)}"
             )
-        return value
-
-    @field_validator("tokens")
-    @classmethod
-    def _tokens(cls, value: dict[str, list[SecretStr]]) -> dict[str, list[SecretStr]]:
-        unknown = set(value) - set(ROLES)
-        if unknown:
-            raise ValueError(f"ESS_TOKENS names unknown roles {sorted(unknown)}; known: {ROLES}")
-        seen: set[str] = set()
-        for role, tokens in value.items():
-            for token in tokens:
-                secret = token.get_secret_value()
-                if len(secret) < MIN_TOKEN_LENGTH or secret != secret.strip():
-                    raise ValueError(
-                        f"ESS_TOKENS: a {role} token is shorter than {MIN_TOKEN_LENGTH} "
-                        "characters or has surrounding spaces"
-                    )
-                if secret in seen:
-                    raise ValueError(f"ESS_TOKENS: a {role} token is given twice or to two roles")
-                seen.add(secret)
         return value
 
 
@@ -179,6 +184,16 @@ class EdgeSettings(EssSettings):
     edge_lookup_ttl_s: float = Field(default=30.0, gt=0)
     #: This edge's token (one of the head's `edge` tokens): signs its heartbeats and results.
     edge_token: SecretStr | None = None
+    #: On-demand splits (ranges a pilot asks for that no request prepared) this edge runs at
+    #: once, each in its own process; an ask past them is answered 503 at once.
+    edge_on_demand_slots: int = Field(default=2, ge=1, le=64)
+    #: How long an on-demand ask waits for its split before the answer is 202 (ask again).
+    edge_on_demand_wait_s: float = Field(default=20.0, ge=0, le=120)
+    #: The Retry-After of an on-demand ask refused for want of capacity.
+    edge_on_demand_retry_after_s: int = Field(default=5, ge=1)
+    #: Niceness of the precacher and splitter processes (queued work of prepared requests),
+    #: so that on-demand splits and the pilots' downloads get the cores first.
+    edge_work_niceness: int = Field(default=10, ge=0, le=19)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     download_timeout_s: float = Field(default=600.0, gt=0)
     #: A file whose event trees uproot cannot write back unchanged is delivered "whole" as

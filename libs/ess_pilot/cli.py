@@ -47,6 +47,19 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("ESS_PILOT_TOKEN"),
         help="bearer token for the head and the edge (default: $ESS_PILOT_TOKEN)",
     )
+    fetch.add_argument("--site", help="the pilot's grid site: files come from the closest edge")
+    fetch.add_argument("--region", help="the pilot's region, when no edge is at its site")
+    fetch.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="have an edge split ranges that no request prepared (within its capacity)",
+    )
+    fetch.add_argument(
+        "--on-demand-wait",
+        type=float,
+        default=120.0,
+        help="seconds to wait for on-demand splits, polls and capacity included",
+    )
     fetch.add_argument("--max-parallel", type=int, default=4, help="parallel downloads")
     fetch.add_argument("--retries", type=int, default=4, help="more attempts after a failure")
     fetch.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP operation")
@@ -81,6 +94,10 @@ async def _fetch(args: argparse.Namespace, ranges: list[dict[str, Any]]) -> tupl
         timeout_s=args.timeout,
         backoff_s=args.backoff,
         progress=args.progress,
+        site=args.site,
+        region=args.region,
+        on_demand=args.on_demand,
+        on_demand_wait_s=args.on_demand_wait,
     ) as client:
         result = await client.fetch(ranges)
     return result.payload, result.all_served

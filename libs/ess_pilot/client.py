@@ -6,6 +6,12 @@ piece of the answer in parallel and rewrites each range for the payload (`ess_pi
 The edge is asked once; what it cannot serve (it is down, answers 5xx or anything but a
 well-formed answer, or fails the range) is asked of the head, with retries. Nothing raises for
 a range that could not be served: it comes back failed, with the reason.
+
+With `site` (or `region`) the head names the closest live edge for each piece, and the file is
+downloaded from there first. With `on_demand`, a range that no request prepared is asked for at
+`POST /v1/ranges/on-demand` (the edge, else the head, which passes it to the closest edge): an
+edge splits just that range; a 202 is asked again after its Retry-After, a 503 (no capacity) is
+asked again only while `on_demand_wait_s` allows, else the range fails with the reason.
 """
 
 from __future__ import annotations
@@ -83,6 +89,10 @@ class PilotOptions(TypedDict, total=False):
     reuse_held: bool
     progress: Progress | bool | None
     http: httpx.AsyncClient | None
+    site: str | None
+    region: str | None
+    on_demand: bool
+    on_demand_wait_s: float
 
 
 class PilotClient:
@@ -113,9 +123,16 @@ class PilotClient:
         reuse_held: bool = True,
         progress: Progress | bool | None = None,
         http: httpx.AsyncClient | None = None,
+        site: str | None = None,
+        region: str | None = None,
+        on_demand: bool = False,
+        on_demand_wait_s: float = 120.0,
     ) -> None:
         if max_parallel < 1 or retries < 0:
             raise ValueError("max_parallel must be at least 1 and retries not negative")
+        self.place = {k: v for k, v in (("site", site), ("region", region)) if v}
+        self.on_demand = on_demand
+        self.on_demand_wait_s = on_demand_wait_s
         self.head_url = head_url.rstrip("/")
         self.edge_url = edge_url.rstrip("/") if edge_url else None
         self.dest = Path(dest)
@@ -133,6 +150,8 @@ class PilotClient:
             policy=self.policy,
             max_parallel=max_parallel,
             refresh=self._fresh_piece,
+            auth=self._auth,
+            ess_urls=[self.edge_url] if self.edge_url else [],
         )
 
     async def fetch(self, ranges: Iterable[Mapping[str, Any]]) -> FetchResult:
@@ -161,6 +180,8 @@ class PilotClient:
                 else:
                     to_ask.append((i, r))
             answers = await self._lookup([r for _, r in to_ask])
+            if self.on_demand:
+                answers = await self._split_on_demand([r for _, r in to_ask], answers)
             done = await asyncio.gather(
                 *(self._serve(r, a) for (_, r), a in zip(to_ask, answers, strict=True))
             )
@@ -246,6 +267,58 @@ class PilotClient:
                         return fresh
         return None
 
+    async def _split_on_demand(
+        self, ranges: Sequence[EventRange], answers: list[list[Piece] | str]
+    ) -> list[list[Piece] | str]:
+        """The answers, with every range no request prepared asked for on demand."""
+        unprepared = [i for i, a in enumerate(answers) if isinstance(a, NotPrepared)]
+        split = await asyncio.gather(*(self._ask_on_demand(ranges[i]) for i in unprepared))
+        out = list(answers)
+        for i, answer in zip(unprepared, split, strict=True):
+            out[i] = answer
+        return out
+
+    async def _ask_on_demand(self, r: EventRange) -> list[Piece] | str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.on_demand_wait_s
+        body = {
+            "scope": r.scope,
+            "LFN": r.lfn,
+            "startEvent": r.start_event,
+            "lastEvent": r.last_event,
+            **self.place,
+        }
+        where, base_url = self._sources()[0][:2]
+        while True:
+            left = deadline - loop.time()
+            try:
+                response = await self.http.post(
+                    f"{base_url}/v1/ranges/on-demand",
+                    params={"wait": round(max(0.0, min(left, 20.0)), 1)},
+                    json=body,
+                    headers=self._auth,
+                    timeout=httpx.Timeout(max(left, 1.0) + 15.0, connect=10.0),
+                )
+            except httpx.TransportError as exc:
+                if base_url == self.head_url:
+                    return f"on-demand split: {where} unreachable: {type(exc).__name__}"
+                where, base_url = f"head {self.head_url}", self.head_url
+                continue
+            status = response.status_code
+            if status == 200:
+                return _pieces(r, {"status": "ok", "pieces": _json(response).get("pieces")})
+            detail = await error_detail(response)
+            wait = retry_after_s(response.headers.get("retry-after")) or 1.0
+            if status not in (202, 503):
+                return f"on-demand split refused by {where}: HTTP {status}{detail}"
+            if loop.time() + wait > deadline:
+                if status == 202:
+                    waited = f"{self.on_demand_wait_s:g} s"
+                    return f"on-demand split still running at {where} after {waited}"
+                return f"on-demand split: {where} has no capacity now (HTTP 503{detail})"
+            log.info("on_demand.wait event_range_id=%s status=%d", r.event_range_id, status)
+            await asyncio.sleep(wait)
+
     async def _lookup(self, ranges: Sequence[EventRange]) -> list[list[Piece] | str]:
         """Per range its pieces in event order, or why there are none. What the edge cannot
         serve (it is down, or does not know the range) is asked of the head."""
@@ -277,7 +350,7 @@ class PilotClient:
         self, where: str, base_url: str, batch: Sequence[EventRange], policy: RetryPolicy
     ) -> list[Mapping[str, Any]]:
         url = f"{base_url}/v1/ranges/lookup"
-        body = {"eventRanges": [r.to_lookup() for r in batch]}
+        body = {"eventRanges": [r.to_lookup() for r in batch], **self.place}
         reason, wait = "", None
         for attempt in range(policy.attempts):
             if attempt:
@@ -326,9 +399,24 @@ def _results(
     return results
 
 
+class NotPrepared(str):
+    """Why a range failed, when it failed because no request prepared it."""
+
+    __slots__ = ()
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _pieces(r: EventRange, result: Mapping[str, Any]) -> list[Piece] | str:
     if result.get("status") != "ok":
-        return str(result.get("reason") or f"the lookup answered status {result.get('status')!r}")
+        reason = str(result.get("reason") or f"the lookup answered status {result.get('status')!r}")
+        return NotPrepared(reason) if result.get("code") == "not_prepared" else reason
     try:
         pieces = result.get("pieces")
         if not isinstance(pieces, list):

@@ -16,7 +16,7 @@ import email.utils
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,7 +138,11 @@ Refresh = Callable[[Piece, str, str], Awaitable[Piece | None]]
 class Downloader:
     """Fetches pieces into `dest`, at most `max_parallel` transfers at a time; a key asked for
     twice (two ranges in one file) is downloaded once. A signed URL about to expire, or refused
-    (401, 403), is asked for again through `refresh` before the next attempt."""
+    (401, 403), is asked for again through `refresh` before the next attempt. A piece's
+    `edge_url` (the closest edge) is tried first; when the edge fails, the next attempts use the
+    signed `url`. `auth` goes with a request to an edge (a piece's `edge_url`, or a URL under
+    one of `ess_urls`), never to a signed URL: the signature is its credential, and an object
+    store refuses a second one."""
 
     def __init__(
         self,
@@ -149,9 +153,13 @@ class Downloader:
         max_parallel: int = 4,
         progress: Progress | None = None,
         refresh: Refresh | None = None,
+        auth: Mapping[str, str] | None = None,
+        ess_urls: Sequence[str] = (),
     ) -> None:
         self.http = http
         self.refresh = refresh
+        self.auth = dict(auth or {})
+        self.ess_urls = tuple(u.rstrip("/") + "/" for u in ess_urls)
         self.held = HeldFiles(dest)
         self.policy = policy
         self.progress = progress if progress is not None else Progress(enabled=False)
@@ -242,6 +250,9 @@ class Downloader:
         part = path.with_name(path.name + ".part")
         tally = _Tally(self.progress)
         reason, wait, stale = "", None, False
+        edge_first = bool(piece.edge_url) and piece.edge_url != piece.url
+        if edge_first and await self._from_edge(piece, part, tally):
+            return self._kept(piece, part, path, held)
         for attempt in range(self.policy.attempts):
             if attempt:
                 await asyncio.sleep(self.policy.delay(attempt, wait))
@@ -249,7 +260,7 @@ class Downloader:
                 piece = await self._refreshed(piece, scope, lfn)
             try:
                 async with self._slots:
-                    await self._transfer(piece, part, tally)
+                    await self._transfer(piece, part, tally, piece.url)
                 await self._check(piece, part, tally)
             except Transient as exc:
                 reason, wait, stale = exc.reason, exc.retry_after_s, exc.stale_url
@@ -263,12 +274,26 @@ class Downloader:
                 continue
             except (Permanent, BadAnswer) as exc:
                 raise DownloadFailed(piece.key, str(exc)) from None
-            os.replace(part, path)
-            stat = path.stat()
-            self._verified[path] = (stat.st_size, stat.st_mtime_ns, piece.adler32)
-            self.held.add(held)
-            return ServedPiece(piece, path)
+            return self._kept(piece, part, path, held)
         raise DownloadFailed(piece.key, f"{reason} ({gave_up(self.policy)})")
+
+    async def _from_edge(self, piece: Piece, part: Path, tally: _Tally) -> bool:
+        """One try at the closest edge; False (the signed URL next) when it fails."""
+        try:
+            async with self._slots:
+                await self._transfer(piece, part, tally, piece.edge_url)
+            await self._check(piece, part, tally)
+        except (Transient, Permanent) as exc:
+            log.warning("download.edge_failed key=%s reason=%s", piece.key, exc)
+            return False
+        return True
+
+    def _kept(self, piece: Piece, part: Path, path: Path, held: HeldFile) -> ServedPiece:
+        os.replace(part, path)
+        stat = path.stat()
+        self._verified[path] = (stat.st_size, stat.st_mtime_ns, piece.adler32)
+        self.held.add(held)
+        return ServedPiece(piece, path)
 
     async def _refreshed(self, piece: Piece, scope: str, lfn: str) -> Piece:
         """The piece with a fresh signed URL, or as it was when none can be had."""
@@ -287,8 +312,8 @@ class Downloader:
             piece, url=fresh.url, expires_in_s=fresh.expires_in_s, received_at=fresh.received_at
         )
 
-    async def _transfer(self, piece: Piece, part: Path, tally: _Tally) -> None:
-        """Brings `part` to the piece's size, continuing what is there."""
+    async def _transfer(self, piece: Piece, part: Path, tally: _Tally, url: str) -> None:
+        """Brings `part` to the piece's size from `url`, continuing what is there."""
         offset = part.stat().st_size if part.exists() else 0
         if offset > piece.size:
             part.unlink()
@@ -300,8 +325,10 @@ class Downloader:
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
+        if url == piece.edge_url or url.startswith(self.ess_urls):
+            headers.update(self.auth)
         try:
-            async with self.http.stream("GET", piece.url, headers=headers) as response:
+            async with self.http.stream("GET", url, headers=headers) as response:
                 offset = await self._accept(response, piece, part, offset)
                 tally.set(offset)
                 with part.open("r+b" if offset else "wb") as out:

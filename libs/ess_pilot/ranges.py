@@ -127,6 +127,8 @@ class Piece:
     last_event: int
     url: str = ""
     expires_in_s: int = 0
+    #: The same file from the closest live edge (the head's hint), tried before `url`.
+    edge_url: str = ""
     #: When the answer came (time.monotonic()): the signed URL is good for expires_in_s.
     received_at: float = field(default_factory=time.monotonic, compare=False, repr=False)
 
@@ -176,6 +178,7 @@ class Piece:
             adler32=normalise_adler32(adler32),
             url=url,
             expires_in_s=expires,
+            edge_url=edge_url if isinstance(edge_url := d.get("edge_url"), str) else "",
             **numbers,
         )
         # The head also says how to number the events locally; it must agree with ours.

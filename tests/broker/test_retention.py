@@ -16,8 +16,8 @@ from ess_common.db.models import Range, utcnow
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import RetryableError
 from ess_common.settings import HeadSettings
-from ess_common.store.base import ObjectStore
-from tests.head_api.support import Prepared, prepare
+from ess_common.store.base import ObjectStore, on_demand_key
+from tests.head_api.support import SCOPE, Prepared, prepare
 
 RETENTION_S = 3600.0
 
@@ -99,9 +99,43 @@ async def test_the_brokers_retention_runs_only_when_the_operator_sets_one(
     sessions: SessionMaker, store: ObjectStore, tmp_path: Path
 ) -> None:
     await prepared(sessions, store, tmp_path, "old", age_s=2 * RETENTION_S)
-    kept = RangeRetention(HeadSettings(), sessions, store)
+    kept = RangeRetention(HeadSettings(on_demand_retention_s=None), sessions, store)
     assert await kept.sweep() == 0
     purged = RangeRetention(HeadSettings(range_retention_s=RETENTION_S), sessions, store)
     assert await purged.sweep() == 5
     await purged.close()
     assert await keys_recorded(sessions) == set()
+
+
+async def test_ranges_split_on_demand_go_after_their_own_retention(
+    sessions: SessionMaker, store: ObjectStore, tmp_path: Path
+) -> None:
+    prepared_old = await prepared(sessions, store, tmp_path, "old", age_s=2 * RETENTION_S)
+    lfn = "EVNT.old.pool.root.1"
+    for first, age_s in ((1, 2 * RETENTION_S), (11, 0.0)):
+        key = on_demand_key(SCOPE, lfn, first, first + 4)
+        local = tmp_path / f"od-{first}.root"
+        local.write_bytes(b"x" * 7)
+        await store.put_file(key, local)
+        async with unit_of_work(sessions) as session:
+            session.add(
+                Range(
+                    file_id=None,
+                    request_id=None,
+                    edge="edge-a",
+                    scope=SCOPE,
+                    lfn=lfn,
+                    first_event=first,
+                    last_event=first + 4,
+                    object_key=key,
+                    size=7,
+                    adler32="00000001",
+                    created_at=utcnow() - timedelta(seconds=age_s),
+                )
+            )
+    retention = RangeRetention(HeadSettings(on_demand_retention_s=RETENTION_S), sessions, store)
+    assert await retention.sweep() == 1
+    assert await store.size(on_demand_key(SCOPE, lfn, 1, 5)) is None
+    assert await keys_recorded(sessions) == {r.key for r in prepared_old.ranges} | {
+        on_demand_key(SCOPE, lfn, 11, 15)
+    }

@@ -26,6 +26,7 @@ from ess_common.events import (
     FileReady,
     FileWork,
     RangeInfo,
+    RangeSplitOnDemand,
     RequestCancelled,
     RequestCreated,
     RequestFailed,
@@ -93,6 +94,18 @@ def one_of_each() -> list[Event]:
         ),
         FileFailed(
             work=work(), stage="precache", reason="every source had a bad adler32", retryable=False
+        ),
+        RangeSplitOnDemand(
+            edge="edge-a",
+            scope="mc15_13TeV",
+            lfn="EVNT.01._000001.pool.root.1",
+            range=RangeInfo(
+                first_event=37,
+                last_event=251,
+                key="on-demand/mc15_13TeV/EVNT.01._000001.pool.root.1/000000037-000000251.root",
+                size=10,
+                adler32="1",
+            ),
         ),
         EdgeHeartbeat(
             edge="edge-a",

@@ -6,6 +6,7 @@ endpoint that records callbacks, and a file server for http:// sources.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -132,6 +133,35 @@ class Cluster:
                 return {e["name"] for e in edges if e["alive"]} >= names
 
             await eventually(alive, timeout=60, message=f"edges {names} heartbeat")
+
+
+class SlowFiles:
+    """A storage endpoint that takes its time: each GET (whole file or byte range) waits
+    `delay_s` before the bytes come."""
+
+    def __init__(self, directory: Path, *, delay_s: float) -> None:
+        self.directory = directory
+        self.delay_s = delay_s
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(self.delay_s)
+        return web.FileResponse(self.directory / request.match_info["name"])
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{name}", self._get)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 class PandaEndpoint:

@@ -11,7 +11,6 @@ restarted, that edge comes back for new work only, its stale results counting fo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -27,7 +26,6 @@ import httpx
 import numpy as np
 import pytest
 import uproot
-from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,7 +35,7 @@ from ess_common.db.models import File, FileStatus, OutboxMessage, Range
 from ess_common.db.session import make_engine, make_session_maker
 from ess_pilot.client import PilotClient
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, free_port
+from tests.e2e.cluster import Cluster, SlowFiles, free_port
 from tests.helpers import S3Settings, eventually
 
 pytestmark = pytest.mark.e2e
@@ -68,33 +66,6 @@ def _write_root_file(path: Path) -> None:
                 "nJet": rng.integers(0, 5, N_EVENTS).astype(np.int32),
             }
         )
-
-
-class SlowFiles:
-    """A storage endpoint that takes its time: each GET waits before the file comes."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    async def _get(self, request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(SLOW_S)
-        return web.FileResponse(self.directory / request.match_info["name"])
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/{name}", self._get)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @dataclass
@@ -219,6 +190,7 @@ class Cdn:
         files, ranges = await self.rows(request_id)
         by_file: dict[int, list[Range]] = {}
         for r in ranges:
+            assert r.file_id is not None
             by_file.setdefault(r.file_id, []).append(r)
         expected = [(first, min(first + EPR - 1, N_EVENTS)) for first in range(1, N_EVENTS, EPR)]
         for f in files:
@@ -279,7 +251,7 @@ async def cdn(
     }
     source = workdir / "source.root"
     _write_root_file(source)
-    slow = SlowFiles(workdir / "storage")
+    slow = SlowFiles(workdir / "storage", delay_s=SLOW_S)
     (workdir / "storage").mkdir()
     await slow.start()
     cluster = Cluster(workdir, env)

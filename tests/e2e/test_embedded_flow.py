@@ -99,3 +99,4 @@ def test_demo_command_runs_the_whole_flow(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every event equals the source's" in result.stdout
     assert "DIFFERENT" not in result.stdout
+    assert "split on demand in" in result.stdout

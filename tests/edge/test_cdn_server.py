@@ -21,8 +21,10 @@ from ess_common.db.session import SessionMaker, make_engine, make_session_maker
 from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore
+from ess_edge.auth import Gate
 from ess_edge.datasets import DatasetCache
 from ess_edge.objects import ObjectCache
+from ess_edge.on_demand import OnDemand
 from ess_edge.server import EdgeState, create_edge_app, make_server
 from ess_edge.service import Edge
 from ess_pilot.client import PilotClient
@@ -120,13 +122,18 @@ async def cdn(sqlite_url: str, store: ObjectStore, tmp_path: Path) -> AsyncItera
             transport = GatedHead(head)
             async with httpx.AsyncClient(transport=transport, base_url=HEAD_URL) as to_head:
                 space = CacheSpace(settings.edge_cache_dir, settings.edge_quota_bytes)
+                objects = ObjectCache(space, gated)
                 state = EdgeState(
                     settings=settings,
                     url=EDGE_URL,
                     space=space,
                     store=gated,
                     datasets=DatasetCache(to_head, HEAD_URL, 30, clock=clock),
-                    objects=ObjectCache(space, gated),
+                    objects=objects,
+                    on_demand=OnDemand(
+                        settings, store=gated, space=space, objects=objects, bus=None, http=to_head
+                    ),
+                    gate=Gate(to_head, HEAD_URL),
                 )
                 async with httpx.AsyncClient(
                     transport=httpx.ASGITransport(app=create_edge_app(state)), base_url=EDGE_URL

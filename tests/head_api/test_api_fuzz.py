@@ -121,6 +121,15 @@ async def seed(head: Head, sessions: SessionMaker, tmp_path: Path) -> None:
     assert created.status_code == 201, created.text
 
 
+def _checks_for(case: AnyCase, response: httpx.Response) -> list[Any]:
+    """Every check; but an on-demand ask may be refused with 503 and Retry-After, as documented:
+    no edge is live here to split it."""
+    refused = response.status_code == 503 and "retry-after" in response.headers
+    if refused and case.operation.path == "/v1/ranges/on-demand":
+        return [c for c in CHECKS if c is not not_a_server_error]
+    return CHECKS
+
+
 async def test_generated_requests_never_get_a_5xx_and_match_the_document(
     head: Head, sessions: SessionMaker, tmp_path: Path
 ) -> None:
@@ -134,7 +143,7 @@ async def test_generated_requests_never_get_a_5xx_and_match_the_document(
             sent += 1
             try:
                 response = await send(head.client, case, ADMIN)
-                case.validate_response(response, checks=CHECKS)
+                case.validate_response(response, checks=_checks_for(case, response))
             except Exception as exc:
                 failures.append(f"{case.method} {case.formatted_path} ({mode}): {exc}")
     distinct = sorted({failure.split("Reproduce with")[0] for failure in failures})

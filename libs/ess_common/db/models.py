@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -75,6 +76,7 @@ class FileStatus(enum.StrEnum):
     SPLIT = "split"
     FAILED = "failed"
     CANCELLED = "cancelled"  # its request was cancelled before the file was split
+    ON_DEMAND = "on_demand"  # not split ahead: edges split the ranges pilots ask for
 
 
 class EdgeStatus(enum.StrEnum):
@@ -132,16 +134,35 @@ class File(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+_ON_DEMAND = text("file_id IS NULL")
+
+
 class Range(Base):
+    """One range file. Those of a request's file form its prepared copy; a range split on
+    demand belongs to no request (`file_id` and `request_id` NULL) and is a copy of itself,
+    recorded once per asked span."""
+
     __tablename__ = "ranges"
     __table_args__ = (
         UniqueConstraint("file_id", "first_event"),
         Index("ix_ranges_lookup", "scope", "lfn", "first_event"),
+        Index(
+            "uq_ranges_on_demand",
+            "scope",
+            "lfn",
+            "first_event",
+            "last_event",
+            unique=True,
+            postgresql_where=_ON_DEMAND,
+            sqlite_where=_ON_DEMAND,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
-    request_id: Mapped[str] = mapped_column(String(36))
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    request_id: Mapped[str | None] = mapped_column(String(36))
+    #: The edge that split it on demand.
+    edge: Mapped[str | None] = mapped_column(String(63))
     scope: Mapped[str] = mapped_column(String(255))
     lfn: Mapped[str] = mapped_column(String(255))
     first_event: Mapped[int] = mapped_column(Integer)

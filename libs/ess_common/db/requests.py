@@ -9,14 +9,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common.db.models import File, FileStatus, Request, RequestStatus
+from ess_common.db.models import File, FileStatus, Request, RequestStatus, utcnow
 from ess_common.errors import Conflict
-from ess_common.events import RequestSpec
+from ess_common.events import RequestReady, RequestSpec
+from ess_common.messaging.outbox import add_event
 
 
 def spec_digest(spec: RequestSpec) -> str:
     canonical = RequestSpec.model_validate(spec.model_dump(include=set(RequestSpec.model_fields)))
-    return hashlib.sha256(canonical.model_dump_json().encode()).hexdigest()
+    # `prepare` counts only when set: requests recorded before it existed keep their digest.
+    dumped = canonical.model_dump_json(exclude={"prepare"} if canonical.prepare else None)
+    return hashlib.sha256(dumped.encode()).hexdigest()
 
 
 def as_spec(spec: RequestSpec) -> RequestSpec:
@@ -30,7 +33,8 @@ async def record_request(
     """Insert the request and its files, or return the one recorded under the same key.
 
     A resubmission is the same request; the same key with a different content is a conflict.
-    Returns the request and whether it was created now.
+    A request with `prepare` false is ready at once (`request.ready` goes to the outbox): its
+    files wait for pilots' on-demand asks. Returns the request and whether it was created now.
     """
     digest = spec_digest(spec)
     existing = await session.scalar(
@@ -49,7 +53,8 @@ async def record_request(
                     callback_url=spec.notify.callback_url,
                     notify_files=spec.notify.files,
                     spec_digest=digest,
-                    status=RequestStatus.RECEIVED,
+                    status=RequestStatus.RECEIVED if spec.prepare else RequestStatus.READY,
+                    ready_at=None if spec.prepare else utcnow(),
                 )
                 session.add(existing)
                 await session.flush()
@@ -64,11 +69,23 @@ async def record_request(
                         adler32=f.adler32,
                         sources=list(f.sources),
                         replicas=[r.model_dump() for r in f.replicas],
-                        status=FileStatus.PENDING,
+                        status=FileStatus.PENDING if spec.prepare else FileStatus.ON_DEMAND,
                     )
                     for f in spec.files
                 )
                 await session.flush()
+                if not spec.prepare:
+                    add_event(
+                        session,
+                        RequestReady(
+                            request_id=existing.id,
+                            dataset=existing.dataset,
+                            idempotency_key=existing.idempotency_key,
+                            n_files=len(spec.files),
+                            n_ranges=0,
+                            correlation_id=existing.id,
+                        ),
+                    )
             return existing, True
         except IntegrityError:
             # Another process recorded the same key between our read and our insert.

@@ -31,6 +31,12 @@ def range_key(
     )
 
 
+def on_demand_key(scope: str, lfn: str, first: int, last: int) -> str:
+    """Where a range split on demand lives: the same span always at the same key, whichever
+    edge split it."""
+    return check_key(f"on-demand/{scope}/{lfn}/{first:09d}-{last:09d}.root")
+
+
 class ObjectStore(Protocol):
     async def start(self) -> None: ...
 

@@ -1,8 +1,9 @@
 """The broker daemon.
 
 Consumes `request.created`, `edge.heartbeat`, the edges' results (`file.cached.*`,
-`split.done.*`, `file.failed.*`) and every dead letter; produces `file.assigned.<edge>`,
-`request.ready` and `request.failed` through the outbox. A periodic sweep marks silent edges
+`split.done.*`, `file.failed.*`, and `range.split.*` of on-demand splits) and every dead
+letter; produces `file.assigned.<edge>`, `request.ready` and `request.failed` through the
+outbox. A periodic sweep marks silent edges
 lost, moves their work and assigns what is pending. Once edge tokens are configured, a
 heartbeat or result without a valid edge signature is dead-lettered, never handled.
 """
@@ -20,6 +21,7 @@ from ess_broker.assignment import assign_pending, reclaim_lost_edges
 from ess_broker.bookkeeping import handle_file_cached, handle_file_failed, handle_split_done
 from ess_broker.dead_letters import record_dead_letter
 from ess_broker.edges import handle_heartbeat
+from ess_broker.on_demand import handle_range_split
 from ess_broker.retention import RangeRetention
 from ess_common.db.models import Request
 from ess_common.db.requests import as_spec, record_request
@@ -29,6 +31,7 @@ from ess_common.events import (
     EdgeHeartbeat,
     FileCached,
     FileFailed,
+    RangeSplitOnDemand,
     RequestCreated,
     SplitDone,
 )
@@ -142,7 +145,7 @@ class Broker:
         )
         await self.bus.consume(
             f"{self.bus.exchange}.broker.results",
-            ["file.cached.*", "split.done.*", "file.failed.*"],
+            ["file.cached.*", "split.done.*", "file.failed.*", "range.split.*"],
             self.from_edges(
                 transactional(
                     self.sessions,
@@ -151,6 +154,7 @@ class Broker:
                         FileCached: self.handle_file_cached,
                         SplitDone: self.handle_split_done,
                         FileFailed: self.handle_file_failed,
+                        RangeSplitOnDemand: handle_range_split,
                     },
                 )
             ),

@@ -24,12 +24,15 @@ async def run(settings: EdgeSettings) -> None:
     space = CacheSpace(
         settings.edge_cache_dir, settings.edge_quota_bytes, pin_ttl_s=settings.edge_pin_ttl_s
     )
-    app = create_edge_app(EdgeState.build(settings, store, space, http))
-    edge = Edge(settings, bus, worker_children(), server=make_server(app, settings))
+    state = EdgeState.build(settings, store, space, http, bus)
+    app = create_edge_app(state)
+    children = worker_children(niceness=settings.edge_work_niceness)
+    edge = Edge(settings, bus, children, server=make_server(app, settings))
     await run_parts(
         (bus.start, bus.close),
         (store.start, store.close),
         (None, http.aclose),
+        (None, state.on_demand.close),
         (edge.start, edge.stop),
     )
 

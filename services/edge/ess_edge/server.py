@@ -5,8 +5,11 @@ would at the head, from a site close to them.
 (`ess_common.ranges`) from a short-lived cache of the head's dataset information; each piece's
 `url` is this edge's `GET /v1/objects/{key}`, which serves the file from the edge's disk, or
 pulls it through from the object store once, with HTTP Range support. When the edge has no room
-to hold a file it redirects to a signed URL of the object store. `GET /v1/cache` tells the
-cache's use and hit ratio.
+to hold a file it redirects to a signed URL of the object store. `POST /v1/ranges/on-demand`
+answers like a lookup, splitting the range first when nobody prepared it (`on_demand`).
+`GET /v1/cache` tells the cache's use and hit ratio.
+
+Every `/v1` route takes the head's bearer tokens (`auth.Gate`); `/healthz` is open.
 """
 
 from __future__ import annotations
@@ -19,22 +22,38 @@ from typing import Annotated, Any
 
 import httpx
 import uvicorn
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from ess_common.cache_space import CacheSpace
-from ess_common.errors import EssError, NotFound, PermanentError, RetryableError
+from ess_common.errors import (
+    EssError,
+    Forbidden,
+    NotFound,
+    PermanentError,
+    RetryableError,
+    Unauthorized,
+    retry_after,
+)
+from ess_common.events import MAX_EVENT
+from ess_common.messaging.bus import Bus
 from ess_common.ranges import (
     BatchLookup,
     LookupAnswer,
+    RangeEntry,
+    RangeNotPrepared,
     RangeResult,
     make_piece,
     range_result,
 )
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore
+from ess_common.tokens import TokenBook
+from ess_edge.auth import Gate
 from ess_edge.datasets import DatasetCache
 from ess_edge.objects import ObjectCache
+from ess_edge.on_demand import OnDemand
 
 
 @dataclass
@@ -45,11 +64,19 @@ class EdgeState:
     store: ObjectStore
     datasets: DatasetCache
     objects: ObjectCache
+    on_demand: OnDemand
+    gate: Gate
 
     @classmethod
     def build(
-        cls, settings: EdgeSettings, store: ObjectStore, space: CacheSpace, http: httpx.AsyncClient
+        cls,
+        settings: EdgeSettings,
+        store: ObjectStore,
+        space: CacheSpace,
+        http: httpx.AsyncClient,
+        bus: Bus | None = None,
     ) -> EdgeState:
+        objects = ObjectCache(space, store, evictor_every_s=settings.edge_evict_interval_s)
         return cls(
             settings=settings,
             url=settings.public_url,
@@ -58,30 +85,98 @@ class EdgeState:
             datasets=DatasetCache(
                 http, settings.head_url, settings.edge_lookup_ttl_s, token=settings.edge_token
             ),
-            objects=ObjectCache(space, store, evictor_every_s=settings.edge_evict_interval_s),
+            objects=objects,
+            on_demand=OnDemand(
+                settings, store=store, space=space, objects=objects, bus=bus, http=http
+            ),
+            gate=Gate(http, settings.head_url, book=TokenBook.from_settings(settings.tokens)),
         )
+
+    def _piece_url(self, key: str) -> str:
+        return f"{self.url}/v1/objects/{key}"
+
+    def _answer(
+        self, scope: str, lfn: str, start: int, last: int, entries: list[RangeEntry]
+    ) -> LookupAnswer:
+        pieces = [
+            make_piece(
+                first_event=r.first_event,
+                last_event=r.last_event,
+                key=r.key,
+                size=r.size,
+                adler32=r.adler32,
+                start=start,
+                last=last,
+                # Not signed and not expiring: the edge's own address, on the site's network.
+                url=self._piece_url(r.key),
+                expires_in_s=0,
+                edge_url=self._piece_url(r.key),
+            )
+            for r in entries
+        ]
+        return LookupAnswer(scope=scope, lfn=lfn, start_event=start, last_event=last, pieces=pieces)
 
     async def answer(self, scope: str, lfn: str, start: int, last: int) -> LookupAnswer:
         entries = await self.datasets.lookup(scope, lfn, start, last)
-        pieces = []
-        for r in entries:
-            url = f"{self.url}/v1/objects/{r.key}"
-            pieces.append(
-                make_piece(
-                    first_event=r.first_event,
-                    last_event=r.last_event,
-                    key=r.key,
-                    size=r.size,
-                    adler32=r.adler32,
-                    start=start,
-                    last=last,
-                    # Not signed and not expiring: the edge's own address, on the site's network.
-                    url=url,
-                    expires_in_s=0,
-                    edge_url=url,
-                )
+        return self._answer(scope, lfn, start, last, entries)
+
+    async def answer_on_demand(
+        self, scope: str, lfn: str, start: int, last: int, wait_s: float
+    ) -> LookupAnswer | None:
+        """As `answer`, splitting the range first when nobody prepared it; None while that
+        split runs past `wait_s`."""
+        try:
+            return await self.answer(scope, lfn, start, last)
+        except RangeNotPrepared:
+            if (await self.datasets.get(scope, lfn)).n_events is None:
+                raise RangeNotPrepared(
+                    scope,
+                    lfn,
+                    start,
+                    last,
+                    "cannot be split on demand: no request holds the file, so where to read "
+                    "it is not known",
+                ) from None
+        done = await self.on_demand.split((scope, lfn, start, last), wait_s)
+        if done is None:
+            return None
+        if done.local is not None:
+            return self._answer(scope, lfn, start, last, [done.entry])
+        # Kept by the object store only (no room here): a signed URL of it.
+        r = done.entry
+        url = await self.store.signed_url(r.key, self.settings.signed_url_ttl_s)
+        pieces = [
+            make_piece(
+                first_event=r.first_event,
+                last_event=r.last_event,
+                key=r.key,
+                size=r.size,
+                adler32=r.adler32,
+                start=start,
+                last=last,
+                url=url,
+                expires_in_s=self.settings.signed_url_ttl_s,
             )
+        ]
         return LookupAnswer(scope=scope, lfn=lfn, start_event=start, last_event=last, pieces=pieces)
+
+
+class OnDemandAsk(BaseModel):
+    """One PanDA event range to look up, or to split now when no request prepared it."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    scope: str
+    lfn: str = Field(alias="LFN")
+    start_event: int = Field(alias="startEvent", le=MAX_EVENT)
+    last_event: int = Field(alias="lastEvent", le=MAX_EVENT)
+
+
+class Splitting(BaseModel):
+    """The split goes on: ask again (the same body) after `retry_after_s`."""
+
+    status: str = "splitting"
+    retry_after_s: int
 
 
 class RangeFileResponse(FileResponse):
@@ -90,6 +185,10 @@ class RangeFileResponse(FileResponse):
 
 
 def _status(exc: EssError) -> int:
+    if isinstance(exc, Unauthorized):
+        return 401
+    if isinstance(exc, Forbidden):
+        return 403
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, PermanentError):
@@ -106,14 +205,21 @@ def create_edge_app(state: EdgeState) -> FastAPI:
     @app.exception_handler(EssError)
     async def ess_error(_: Request, exc: EssError) -> JSONResponse:
         code = _status(exc)
-        headers = {"Retry-After": "5"} if code == 503 else None
+        headers = {"Retry-After": str(retry_after(exc))} if code == 503 else None
+        if code == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="ess"'}
         return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "edge": state.settings.edge_name}
 
-    @app.get("/v1/ranges", response_model=LookupAnswer)
+    async def admitted(authorization: Annotated[str | None, Header()] = None) -> None:
+        await state.gate.check(authorization)
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(admitted)])
+
+    @api.get("/ranges", response_model=LookupAnswer)
     async def lookup_range(
         scope: str,
         lfn: Annotated[str, Query(alias="LFN")],
@@ -123,7 +229,7 @@ def create_edge_app(state: EdgeState) -> FastAPI:
         """As the head's: 1-based, inclusive positions of events in the original file."""
         return await state.answer(scope, lfn, start_event, last_event)
 
-    @app.post("/v1/ranges/lookup", response_model=list[RangeResult], response_model_by_alias=True)
+    @api.post("/ranges/lookup", response_model=list[RangeResult], response_model_by_alias=True)
     async def lookup_ranges(body: BatchLookup) -> list[RangeResult]:
         results = []
         for r in body.event_ranges:
@@ -136,7 +242,35 @@ def create_edge_app(state: EdgeState) -> FastAPI:
             results.append(range_result(r.event_range_id, found))
         return results
 
-    @app.get("/v1/objects/{key:path}", response_model=None)
+    @api.post(
+        "/ranges/on-demand",
+        response_model=LookupAnswer,
+        responses={
+            202: {"model": Splitting, "description": "still splitting: ask again"},
+            503: {"description": "the on-demand capacity is in use: see Retry-After"},
+        },
+    )
+    async def on_demand(
+        ask: OnDemandAsk,
+        wait: Annotated[float | None, Query(ge=0, le=120, description="seconds to wait")] = None,
+    ) -> LookupAnswer | JSONResponse:
+        """The range's pieces as `GET /v1/ranges` gives them; when no request prepared the
+        range, this edge splits just that range from the file's source first. The answer comes
+        within `wait` seconds (default `ESS_EDGE_ON_DEMAND_WAIT_S`), else 202: ask again.
+        Identical asks share one split; past this edge's capacity the answer is 503 at once."""
+        wait_s = state.settings.edge_on_demand_wait_s if wait is None else wait
+        found = await state.answer_on_demand(
+            ask.scope, ask.lfn, ask.start_event, ask.last_event, wait_s
+        )
+        if found is None:
+            return JSONResponse(
+                Splitting(retry_after_s=1).model_dump(),
+                status_code=202,
+                headers={"Retry-After": "1"},
+            )
+        return found
+
+    @api.get("/objects/{key:path}", response_model=None)
     async def get_object(key: str) -> Response:
         """The range file (`Range: bytes=...` answered 206); `X-Cache` says whether it was on
         this edge already (HIT), pulled through now (MISS) or left to the object store (BYPASS,
@@ -152,7 +286,7 @@ def create_edge_app(state: EdgeState) -> FastAPI:
             headers={"X-Cache": "HIT" if hit else "MISS"},
         )
 
-    @app.get("/v1/cache")
+    @api.get("/cache")
     async def cache_stats() -> dict[str, Any]:
         usage = await asyncio.to_thread(state.space.usage)
         stats = state.objects.stats
@@ -169,8 +303,15 @@ def create_edge_app(state: EdgeState) -> FastAPI:
                 "hit_ratio": round(stats.hit_ratio, 4),
             },
             "lookups": {"head_fetches": state.datasets.fetches},
+            "on_demand": {
+                "slots": state.on_demand.slots,
+                "in_flight": state.on_demand.in_flight,
+                "started": state.on_demand.started,
+                "refused": state.on_demand.refused,
+            },
         }
 
+    app.include_router(api)
     return app
 
 

@@ -16,8 +16,11 @@ log = structlog.get_logger("ess.edge.supervisor")
 class Child:
     """One worker process, restarted with a growing delay while the edge runs."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], *, niceness: int = 0
+    ) -> None:
         self.name = name
+        self.niceness = niceness
         self.argv = list(argv)
         self.env = dict(env)
         self.process: asyncio.subprocess.Process | None = None
@@ -32,6 +35,10 @@ class Child:
         delay = 1.0
         while not self._stopping:
             self.process = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+            if self.niceness:
+                # Before the child starts its own threads, which inherit it.
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, self.process.pid, self.niceness)
             log.info("child.started", child=self.name, pid=self.process.pid)
             code = await self.process.wait()
             if self._stopping:
@@ -57,9 +64,9 @@ class Child:
                 await self._task
 
 
-def worker_children(env: Mapping[str, str] | None = None) -> list[Child]:
+def worker_children(env: Mapping[str, str] | None = None, *, niceness: int = 0) -> list[Child]:
     environment = dict(os.environ if env is None else env)
     return [
-        Child(name, [sys.executable, "-m", module], environment)
+        Child(name, [sys.executable, "-m", module], environment, niceness=niceness)
         for name, module in (("precacher", "ess_precacher"), ("splitter", "ess_splitter"))
     ]

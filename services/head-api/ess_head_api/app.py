@@ -26,6 +26,7 @@ from ess_common.errors import (
     PermanentError,
     RetryableError,
     Unauthorized,
+    retry_after,
 )
 from ess_common.runtime import every
 from ess_head_api.auth import AUTH_RESPONSES, TokenBook, announce, authenticated
@@ -37,6 +38,7 @@ from ess_head_api.routes import (
     files,
     health,
     objects,
+    on_demand,
     ranges,
     requests,
     schemas,
@@ -123,6 +125,9 @@ def create_app(state: HeadState) -> FastAPI:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            http = getattr(app.state, "edge_http", None)
+            if http is not None:
+                await http.aclose()
 
     app = FastAPI(
         title="ESS head API",
@@ -138,7 +143,7 @@ def create_app(state: HeadState) -> FastAPI:
     @app.exception_handler(EssError)
     async def ess_error(_: Request, exc: EssError) -> JSONResponse:
         code = status_of(exc)
-        headers = {"Retry-After": "5"} if code == 503 else None
+        headers = {"Retry-After": str(retry_after(exc))} if code == 503 else None
         if code == 401:
             headers = {"WWW-Authenticate": 'Bearer realm="ess"'}
         return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
@@ -155,7 +160,7 @@ def create_app(state: HeadState) -> FastAPI:
             status_code=422,
         )
 
-    for module in (requests, events, ranges, files, edges, admin):
+    for module in (requests, events, ranges, on_demand, files, edges, admin):
         app.include_router(
             module.router, dependencies=[Depends(authenticated)], responses=AUTH_RESPONSES
         )

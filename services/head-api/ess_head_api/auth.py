@@ -18,29 +18,18 @@ Signed object URLs (`/v1/objects/...`) need no token: the signature is the crede
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import SecretStr
 
 from ess_common.errors import Forbidden, Unauthorized
+from ess_common.tokens import Role as Role
+from ess_common.tokens import TokenBook as TokenBook
 
 log = structlog.get_logger("ess.head_api.auth")
-
-
-class Role(StrEnum):
-    PANDA = "panda"
-    PILOT = "pilot"
-    EDGE = "edge"
-    ADMIN = "admin"
 
 
 #: Who may read a request's progress.
@@ -53,41 +42,6 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no bearer token, or one that is not known"},
     403: {"description": "the token's role may not do this"},
 }
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-@dataclass(frozen=True)
-class TokenBook:
-    """The configured tokens, kept as digests: comparing digests of one length in constant
-    time tells nothing about how much of a token was right."""
-
-    entries: tuple[tuple[bytes, Role], ...]
-
-    @classmethod
-    def from_settings(cls, tokens: Mapping[str, Sequence[SecretStr]]) -> TokenBook:
-        return cls(
-            tuple(
-                (_digest(token.get_secret_value()), Role(role))
-                for role, given in tokens.items()
-                for token in given
-            )
-        )
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.entries)
-
-    def role_of(self, token: str) -> Role | None:
-        wanted = _digest(token)
-        found: Role | None = None
-        # Every entry is compared, so the time taken does not say which one matched.
-        for digest, role in self.entries:
-            if hmac.compare_digest(digest, wanted):
-                found = role
-        return found
 
 
 def announce(book: TokenBook) -> None:

@@ -21,15 +21,17 @@ async def request_view(session: AsyncSession, request: Request, *, with_files: b
             )
         ).all()
     )
-    ranges_per_file: dict[int, int] = dict(
-        (
+    ranges_per_file: dict[int, int] = {
+        file_id: n
+        for file_id, n in (
             await session.execute(
                 select(Range.file_id, func.count())
                 .where(Range.request_id == request.id)
                 .group_by(Range.file_id)
             )
         ).all()
-    )
+        if file_id is not None
+    }
     files = None
     if with_files:
         rows = (

@@ -2,7 +2,8 @@
 
 Consumes a URL and a 1-based inclusive event range: ``http(s)://`` (presigned S3 URLs
 included), ``s3://bucket/key`` (presigned here with the edge's S3 credentials, so that no S3
-filesystem package is needed) or ``root://`` (through fsspec-xrootd, when it is installed).
+filesystem package is needed), ``root://`` (through fsspec-xrootd, when it is installed) or
+``file://`` (a replica on a file system the edge mounts).
 uproot opens the file through fsspec and reads its header, directories and TTree records; then,
 with concurrent requests, the baskets that hold the range's entries of every event tree (of a
 zlib or LZMA basket only its beginning, up to the range's end: ``basketio``) and whatever is
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+from urllib.request import url2pathname
 
 import aiohttp
 import uproot
@@ -93,7 +95,21 @@ def split_range_remote(
             )
         # XRootD returns exactly the byte ranges asked for.
         return written, requested[0]
-    raise ValueError(f"cannot split from {_public(url)}: use http(s)://, s3:// or root://")
+    if scheme == "file":
+        requested = []
+        with _mapped_errors(url):
+            written = _split(
+                url2pathname(urlsplit(url).path),
+                {"handler": uproot.source.file.MultithreadedFileSource},
+                first_event,
+                last_event,
+                out_path,
+                n_events,
+                compression,
+                requested,
+            )
+        return written, requested[0]
+    raise ValueError(f"cannot split from {_public(url)}: use http(s)://, s3://, root:// or file://")
 
 
 async def split_range(
@@ -189,9 +205,8 @@ def _split(
     requested: list[int] | None = None,
 ) -> RangeFile:
     out_path = Path(out_path)
-    with uproot.open(
-        url, handler=uproot.source.fsspec.FSSpecSource, array_cache=None, **options
-    ) as root_file:
+    options = {"handler": uproot.source.fsspec.FSSpecSource, **options}
+    with uproot.open(url, array_cache=None, **options) as root_file:
         plan = plan_split(root_file, _public(url), n_events)
         if last_event > plan.n_events:
             raise SplitError(
