@@ -117,6 +117,18 @@ def not_prepared(
     return RangeNotPrepared(scope, lfn, start, last, "are not prepared (yet)")
 
 
+def not_splittable_on_demand(scope: str, lfn: str, start: int, last: int) -> RangeNotPrepared:
+    """Why a range of a file that no request holds cannot be split on demand."""
+    return RangeNotPrepared(
+        scope,
+        lfn,
+        start,
+        last,
+        "cannot be split on demand: no request holds the file, so where to read it is not known",
+        RangeFailure.UNKNOWN_FILE,
+    )
+
+
 class Answer(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 

@@ -42,9 +42,11 @@ from ess_common.ranges import (
     BatchLookup,
     LookupAnswer,
     RangeEntry,
+    RangeFailure,
     RangeNotPrepared,
     RangeResult,
     make_piece,
+    not_splittable_on_demand,
     range_result,
 )
 from ess_common.settings import EdgeSettings
@@ -127,16 +129,9 @@ class EdgeState:
         split runs past `wait_s`."""
         try:
             return await self.answer(scope, lfn, start, last)
-        except RangeNotPrepared:
-            if (await self.datasets.get(scope, lfn)).n_events is None:
-                raise RangeNotPrepared(
-                    scope,
-                    lfn,
-                    start,
-                    last,
-                    "cannot be split on demand: no request holds the file, so where to read "
-                    "it is not known",
-                ) from None
+        except RangeNotPrepared as exc:
+            if exc.code == RangeFailure.UNKNOWN_FILE:
+                raise not_splittable_on_demand(scope, lfn, start, last) from None
         done = await self.on_demand.split((scope, lfn, start, last), wait_s)
         if done is None:
             return None

@@ -27,7 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ess_common.db.models import Edge, EdgeStatus, File, utcnow
 from ess_common.errors import Busy
 from ess_common.events import MAX_EVENT
-from ess_common.ranges import LookupAnswer, RangeNotPrepared
+from ess_common.ranges import (
+    LookupAnswer,
+    RangeFailure,
+    RangeNotPrepared,
+    not_splittable_on_demand,
+)
 from ess_head_api.auth import LOOKERS, require
 from ess_head_api.lookup import PilotPlace, answer, edge_hint
 from ess_head_api.state import HeadState, head_state
@@ -135,18 +140,10 @@ async def on_demand(
                 ask.last_event,
                 await edge_hint(connection, state.settings.edge_lost_after_s, ask),
             )
-        except RangeNotPrepared:
-            known = await session.scalar(
-                select(File.id).where(File.scope == ask.scope, File.lfn == ask.lfn).limit(1)
-            )
-            if known is None:
-                raise RangeNotPrepared(
-                    ask.scope,
-                    ask.lfn,
-                    ask.start_event,
-                    ask.last_event,
-                    "cannot be split on demand: no request holds the file, so where to read "
-                    "it is not known",
+        except RangeNotPrepared as exc:
+            if exc.code == RangeFailure.UNKNOWN_FILE:
+                raise not_splittable_on_demand(
+                    ask.scope, ask.lfn, ask.start_event, ask.last_event
                 ) from None
         edges = await candidate_edges(session, state, ask)
     if not edges:
