@@ -340,12 +340,14 @@ def cpu_sample(server_pid: int) -> CpuSample | None:
 
 @dataclass(frozen=True)
 class CpuUse:
-    """CPU per answered request, in ms, and the share of the machine's CPU in use."""
+    """CPU per answered request, in ms; the share of the machine's CPU in use, and of it
+    what other processes used (the machine may be shared)."""
 
     server_ms: float
     postgres_ms: float
     client_ms: float
     busy: float
+    others: float
 
 
 def cpu_use(before: CpuSample | None, after: CpuSample | None, done: int) -> CpuUse | None:
@@ -355,11 +357,22 @@ def cpu_use(before: CpuSample | None, after: CpuSample | None, done: int) -> Cpu
     def per_request(a: float, b: float) -> float:
         return (b - a) / done * 1000
 
+    total = after.total_s - before.total_s
+    busy = after.busy_s - before.busy_s
+    ours = sum(
+        b - a
+        for a, b in (
+            (before.server_s, after.server_s),
+            (before.postgres_s, after.postgres_s),
+            (before.client_s, after.client_s),
+        )
+    )
     return CpuUse(
         per_request(before.server_s, after.server_s),
         per_request(before.postgres_s, after.postgres_s),
         per_request(before.client_s, after.client_s),
-        (after.busy_s - before.busy_s) / (after.total_s - before.total_s),
+        busy / total,
+        max(0.0, busy - ours) / total,
     )
 
 
@@ -647,15 +660,16 @@ def cpu_lines(results: Sequence[Result]) -> list[str]:
         "CPU per answered request at max throughput, ms (from /proc; PostgreSQL's processes "
         "serve every database of the server, other work on the machine included):",
         "",
-        "| endpoint | server workers | PostgreSQL | load generator | machine CPU in use |",
-        "|---|--:|--:|--:|--:|",
+        "| endpoint | server workers | PostgreSQL | load generator | machine CPU in use "
+        "| of it, other processes and the kernel |",
+        "|---|--:|--:|--:|--:|--:|",
     ]
     total: dict[str, float] = {}
     for r in measured:
         assert r.cpu is not None
         lines.append(
             f"| `{r.endpoint}` | {r.cpu.server_ms:.3f} | {r.cpu.postgres_ms:.3f} "
-            f"| {r.cpu.client_ms:.3f} | {r.cpu.busy:.0%} |"
+            f"| {r.cpu.client_ms:.3f} | {r.cpu.busy:.0%} | {r.cpu.others:.0%} |"
         )
         total[r.endpoint] = r.cpu.server_ms + r.cpu.postgres_ms + r.cpu.client_ms
     lines.append("")
