@@ -114,7 +114,10 @@ class Request(Base):
 
 class File(Base):
     __tablename__ = "files"
-    __table_args__ = (UniqueConstraint("request_id", "scope", "lfn"),)
+    __table_args__ = (
+        UniqueConstraint("request_id", "scope", "lfn"),
+        Index("ix_files_scope_lfn", "scope", "lfn"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
@@ -145,7 +148,9 @@ class Range(Base):
     __tablename__ = "ranges"
     __table_args__ = (
         UniqueConstraint("file_id", "first_event"),
-        Index("ix_ranges_lookup", "scope", "lfn", "first_event"),
+        # last_event too: the ranges that end before the asked ones start are passed over in
+        # the index, never read from the table.
+        Index("ix_ranges_lookup", "scope", "lfn", "first_event", "last_event"),
         Index(
             "uq_ranges_on_demand",
             "scope",

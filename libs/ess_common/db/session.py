@@ -9,17 +9,21 @@ only the statement that found it fails. `read` runs its work once more on a fres
 then; a unit of work fails and is retried by its boundary (a message is redelivered).
 Connections are also replaced after `pool_recycle` seconds, before anything in between (a
 firewall, a proxy) can have dropped them unseen.
+
+A hot read (`fetch`) runs on PostgreSQL straight on the asyncpg connection of the pooled one,
+as a statement asyncpg prepares once per connection: SQLAlchemy's execution and result layers
+cost more CPU than the query itself takes PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Select, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -139,3 +143,49 @@ async def _read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable
             raise
     async with reading(engine) as connection:
         return await work(connection)
+
+
+#: Per statement, its PostgreSQL text for asyncpg and the names of its parameters in order.
+_native: weakref.WeakKeyDictionary[Select[*tuple[Any, ...]], tuple[str, tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _driver_connection(connection: AsyncConnection) -> Any | None:
+    """The asyncpg connection under a `reading` connection; None on any other driver, or when
+    the connection is not in autocommit or is lost (SQLAlchemy handles those)."""
+    if connection.dialect.driver != "asyncpg":
+        return None
+    sync = connection.sync_connection
+    if sync is None or sync.closed or sync.invalidated:
+        return None
+    if sync.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        return None
+    return sync.connection.driver_connection
+
+
+async def fetch(
+    connection: AsyncConnection,
+    statement: Select[*tuple[Any, ...]],
+    params: Mapping[str, Any],
+) -> Sequence[Sequence[Any]]:
+    """The rows of `statement` (a module-level one: its text is kept per statement object) on a
+    `reading` connection. Its parameters and columns must need no conversion by SQLAlchemy's
+    types (numbers, text). Whatever asyncpg refuses (a lost connection, a value it cannot
+    send) is run again through SQLAlchemy, which raises as it always does (a `DBAPIError`,
+    the connection invalidated when lost)."""
+    driver = _driver_connection(connection)
+    if driver is not None:
+        native = _native.get(statement)
+        if native is None:
+            compiled = statement.compile(dialect=connection.dialect)
+            native = _native[statement] = (compiled.string, tuple(compiled.positiontup or ()))
+        sql, names = native
+        try:
+            rows: Sequence[Sequence[Any]] = await driver.fetch(sql, *(params[n] for n in names))
+            return rows
+        except Exception:
+            # Whatever it was, SQLAlchemy meets it again below and raises it as its own.
+            pass
+    result = await connection.execute(statement, params)
+    return result.all()

@@ -7,7 +7,8 @@ among the closest ones the object key picks one by rendezvous hashing, so that p
 for the same file go to the same edge and find it cached there.
 
 Lookups are the hot path of the head: they read columns with SQLAlchemy Core on a connection
-outside any transaction (`ess_common.db.session.read`), one query when the range is prepared.
+outside any transaction (`ess_common.db.session.read`), one query when the range is prepared,
+on PostgreSQL straight through asyncpg (`ess_common.db.session.fetch`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ess_common.db.models import Edge, EdgeStatus, File, Range, utcnow
+from ess_common.db.session import fetch
 from ess_common.ranges import RangeNotPrepared as RangeNotPrepared
 from ess_common.ranges import RangeOutsideFile as RangeOutsideFile
 from ess_common.ranges import best_cover, check_asked, make_piece, not_prepared
@@ -200,7 +202,7 @@ async def find_pieces(
 ) -> list[FoundRange]:
     check_asked(start, last)
     params = {"scope": scope, "lfn": lfn, "start": start, "last": last}
-    rows = [FoundRange(*row) for row in await connection.execute(_RANGES, params)]
+    rows = [FoundRange(*row) for row in await fetch(connection, _RANGES, params)]
     found = best_cover(copies_of(rows).items(), start, last)
     if found is not None:
         return found

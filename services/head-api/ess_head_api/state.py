@@ -20,6 +20,7 @@ class HeadState:
     relay: OutboxRelay
 
 
-def head_state(request: Request) -> HeadState:
+async def head_state(request: Request) -> HeadState:
+    # A coroutine, not a function: FastAPI would run a plain one in a thread, per request.
     state: HeadState = request.app.state.head
     return state
