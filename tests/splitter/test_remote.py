@@ -244,3 +244,26 @@ def test_unknown_schemes_and_unsigned_s3_urls_are_refused(tmp_path: Path) -> Non
         split_range_remote("ftp://example.org/f.root", 1, 10, tmp_path / "r.root")
     with pytest.raises(ValueError, match="settings"):
         split_range_remote("s3://bucket/f.root", 1, 10, tmp_path / "r.root")
+
+
+async def test_the_next_range_of_the_same_file_does_not_fetch_its_opening_again(
+    http_root: tuple[str, Path], ntuple: Path, tmp_path: Path
+) -> None:
+    base, _ = http_root
+    identity = f"user.ess:ntuple.root:{ntuple.stat().st_size}"
+    first_out, second_out = tmp_path / "first.root", tmp_path / "second.root"
+
+    _, cold = await split_range(f"{base}/ntuple.root", 1, 2000, first_out, identity=identity)
+    _, warm = await split_range(f"{base}/ntuple.root", 1, 2000, second_out, identity=identity)
+    _, other = await split_range(
+        f"{base}/ntuple.root", FIRST, LAST, tmp_path / "other.root", identity=identity
+    )
+
+    assert_range_of(ntuple, second_out, 1, 2000)
+    assert_range_of(ntuple, tmp_path / "other.root", FIRST, LAST)
+    # The opening (header, directory, streamers, TTree record) came from the process's keep.
+    assert warm < 0.9 * cold
+    assert other > 0
+    # Without an identity nothing is kept or reused.
+    _, again = await split_range(f"{base}/ntuple.root", 1, 2000, tmp_path / "again.root")
+    assert again == cold

@@ -54,8 +54,11 @@ _PREFERRED = ("s3://", "https://", "http://", "root://", "file://")
 class FileSource(Answer):
     """The head's `GET /v1/files/{scope}/{lfn}/source`."""
 
+    scope: str
+    lfn: str
     n_events: int
     size: int
+    adler32: str
     sources: list[str]
 
 
@@ -69,7 +72,7 @@ class Done:
 
 
 def split_in_worker(
-    url: str, first: int, last: int, out: str, n_events: int, compression: str
+    url: str, first: int, last: int, out: str, n_events: int, compression: str, identity: str
 ) -> tuple[int, str, int] | tuple[str, str]:
     """In a pool process: split one range; returns its size, adler32 and the bytes fetched, or
     the kind of failure and its reason (ESS's errors do not all survive pickling)."""
@@ -85,6 +88,7 @@ def split_in_worker(
             Path(out),
             n_events=n_events,
             compression=parse_compression(compression),
+            identity=identity,
         )
     except NotFound as exc:
         return "missing", str(exc)
@@ -267,14 +271,14 @@ class OnDemand:
         failures: list[str] = []
         for url in ordered:
             try:
-                return await self._split_one(url, first, last, out, source.n_events)
+                return await self._split_one(url, first, last, out, source)
             except RetryableError as exc:
                 failures.append(str(exc))
                 log.warning("on_demand.source_failed", reason=str(exc))
         raise RetryableError(f"no source of the file could be read: {'; '.join(failures)}")
 
     async def _split_one(
-        self, url: str, first: int, last: int, out: Path, n_events: int
+        self, url: str, first: int, last: int, out: Path, source: FileSource
     ) -> tuple[int, str, int]:
         if url.startswith("s3://"):
             from ess_splitter.remote import presign_s3
@@ -289,8 +293,10 @@ class OnDemand:
                 first,
                 last,
                 str(out),
-                n_events,
+                source.n_events,
                 self.settings.split_compression,
+                # The file's content, not its URL: the pool process keeps what opening it read.
+                f"{source.scope}:{source.lfn}:{source.size}:{source.adler32}",
             )
         except BrokenProcessPool as exc:
             self._pool = None

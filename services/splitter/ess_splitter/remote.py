@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,14 +63,18 @@ def split_range_remote(
     n_events: int | None = None,
     compression: Any = None,
     settings: EssSettings | None = None,
+    identity: str | None = None,
 ) -> tuple[RangeFile, int]:
     """Write source events first_event..last_event (1-based, inclusive) of ``url`` to ``out_path``.
 
     Returns the range file and the bytes fetched. ``n_events`` is the file's expected event
     count (default: the entries of its largest TTree); ``compression`` as in
     ``split_root_file`` (default: the source's, with whole source baskets copied). An
-    ``s3://`` URL needs ``settings`` for the S3 endpoint and credentials. Call from a thread
-    without a running event loop; ``split_range`` is the coroutine.
+    ``s3://`` URL needs ``settings`` for the S3 endpoint and credentials. ``identity`` names
+    the file's content (e.g. scope, LFN, size and adler32; never the URL, whose signature
+    changes): what opening it read is then kept in this process, and the next range of the
+    same file starts without fetching it again. Call from a thread without a running event
+    loop; ``split_range`` is the coroutine.
     """
     _check_range(first_event, last_event)
     if url.startswith("s3://"):
@@ -80,7 +86,16 @@ def split_range_remote(
         received = _Received()
         options = _http_options(received)
         with _mapped_errors(url):
-            written = _split(url, options, first_event, last_event, out_path, n_events, compression)
+            written = _split(
+                url,
+                options,
+                first_event,
+                last_event,
+                out_path,
+                n_events,
+                compression,
+                identity=identity,
+            )
         return written, received.bytes
     if scheme == "root":
         if importlib.util.find_spec("fsspec_xrootd") is None:
@@ -91,7 +106,15 @@ def split_range_remote(
         requested: list[int] = []
         with _mapped_errors(url):
             written = _split(
-                url, {}, first_event, last_event, out_path, n_events, compression, requested
+                url,
+                {},
+                first_event,
+                last_event,
+                out_path,
+                n_events,
+                compression,
+                requested,
+                identity=identity,
             )
         # XRootD returns exactly the byte ranges asked for.
         return written, requested[0]
@@ -121,6 +144,7 @@ async def split_range(
     settings: EssSettings | None = None,
     n_events: int | None = None,
     compression: Any = None,
+    identity: str | None = None,
 ) -> tuple[RangeFile, int]:
     """``split_range_remote`` for the event loop: S3 signing here, the split in a thread."""
     _check_range(first_event, last_event)
@@ -136,6 +160,7 @@ async def split_range(
         out_path,
         n_events=n_events,
         compression=compression,
+        identity=identity,
     )
 
 
@@ -194,6 +219,71 @@ def _http_options(received: _Received) -> dict[str, Any]:
     }
 
 
+class _Metadata:
+    """What opening and planning a remote file read (its header, directory, streamers, TTree
+    records), kept in this process by the file's identity: the next range of the same file
+    is cut without fetching them again. Bounded: least recently used first out."""
+
+    max_bytes = 256 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.chunks: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self.bytes = 0
+        self.local = threading.local()
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def recording(self, identity: str | None) -> Iterator[None]:
+        self.local.identity = identity
+        try:
+            yield
+        finally:
+            self.local.identity = None
+
+    @property
+    def identity(self) -> str | None:
+        return getattr(self.local, "identity", None)
+
+    def get(self, start: int, stop: int) -> bytes | None:
+        identity = self.identity
+        if identity is None:
+            return None
+        with self.lock:
+            data = self.chunks.get((identity, start, stop))
+            if data is not None:
+                self.chunks.move_to_end((identity, start, stop))
+            return data
+
+    def put(self, start: int, stop: int, data: bytes) -> None:
+        identity = self.identity
+        if identity is None or len(data) > self.max_bytes // 4:
+            return
+        with self.lock:
+            old = self.chunks.pop((identity, start, stop), None)
+            self.bytes -= len(old) if old is not None else 0
+            self.chunks[(identity, start, stop)] = data
+            self.bytes += len(data)
+            while self.bytes > self.max_bytes:
+                _, dropped = self.chunks.popitem(last=False)
+                self.bytes -= len(dropped)
+
+
+_METADATA = _Metadata()
+
+
+class _MetadataCachingSource(uproot.source.fsspec.FSSpecSource):  # type: ignore[misc]
+    """uproot's fsspec source, answering the chunks of an opening from `_METADATA`."""
+
+    def chunk(self, start: int, stop: int) -> Any:
+        held = _METADATA.get(start, stop)
+        if held is not None:
+            future = uproot.source.futures.TrivialFuture(held)
+            return uproot.source.chunk.Chunk(self, start, stop, future)
+        found = super().chunk(start, stop)
+        _METADATA.put(start, stop, bytes(found.raw_data))
+        return found
+
+
 def _split(
     url: str,
     options: dict[str, Any],
@@ -203,11 +293,19 @@ def _split(
     n_events: int | None,
     compression: Any,
     requested: list[int] | None = None,
+    identity: str | None = None,
 ) -> RangeFile:
     out_path = Path(out_path)
-    options = {"handler": uproot.source.fsspec.FSSpecSource, **options}
-    with uproot.open(url, array_cache=None, **options) as root_file:
-        plan = plan_split(root_file, _public(url), n_events)
+    handler = uproot.source.fsspec.FSSpecSource if identity is None else _MetadataCachingSource
+    options = {"handler": handler, **options}
+    with _METADATA.recording(identity):
+        root_file = uproot.open(url, array_cache=None, **options)
+        try:
+            plan = plan_split(root_file, _public(url), n_events)
+        except BaseException:
+            root_file.close()
+            raise
+    with root_file:
         if last_event > plan.n_events:
             raise SplitError(
                 f"{_public(url)} holds {plan.n_events} events; "
