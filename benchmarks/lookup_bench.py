@@ -20,9 +20,9 @@ the head API's trivial endpoint (`/healthz`) on the same server in the same run.
    A third lookup phase offers 70% of the lookups' measured maximum: the latency when the
    server keeps up.
 4. Measures in this process, with no network and no load, what one lookup costs piece by
-   piece: the query alone (asyncpg), the query as the route makes it (SQLAlchemy Core on an
-   autocommit connection), the whole lookup through the app (in-process ASGI), and `/healthz`
-   the same way.
+   piece: the query alone (asyncpg), the query as the route makes it (`find_pieces` on a
+   pooled autocommit connection, the statement run on its asyncpg connection), the whole
+   lookup through the app (in-process ASGI), and `/healthz` the same way.
 5. Prints the tables and writes them, with the command and the machine, to `--out`.
 
 Everything runs on 127.0.0.1, each phase is bounded in time, the server is stopped at the end.
@@ -588,8 +588,8 @@ async def breakdown(args: argparse.Namespace, shape: Shape, workdir: Path) -> li
     return [
         Step("the range query alone (asyncpg, pooled connection)", raw_ms),
         Step(
-            "the range query as the route makes it (SQLAlchemy Core, autocommit connection, "
-            "`find_pieces`)",
+            "the range query as the route makes it (`find_pieces`: a pooled autocommit "
+            "connection, the statement on its asyncpg connection)",
             core_ms,
         ),
         Step("a whole lookup through the app (in-process ASGI, token, signed URL)", app_ms),
@@ -604,10 +604,10 @@ def breakdown_lines(steps: Sequence[Step]) -> list[str]:
     lines += [
         "",
         f"- Of a lookup's {whole:.2f} ms, {core:.2f} ms ({core / whole:.0%}) is the range query "
-        f"through SQLAlchemy, which asyncpg alone does in {raw:.2f} ms; the remaining "
-        f"{whole - core:.2f} ms is the web framework (routing, the token dependencies, query "
-        "validation, building and serialising the answer) and the signed URL, against "
-        f"{trivial:.2f} ms for the whole of `/healthz`.",
+        f"as the route makes it (a connection from SQLAlchemy's pool and the query), which "
+        f"asyncpg alone does in {raw:.2f} ms; the remaining {whole - core:.2f} ms is the web "
+        "framework (routing, the token, the parameters, building and serialising the answer) "
+        f"and the signed URL, against {trivial:.2f} ms for the whole of `/healthz`.",
         f"- A lookup costs {whole / trivial:.1f}x `/healthz` in the app, one at a time. Under "
         "load both are bound by the machine's CPU, shared by the workers, PostgreSQL and the "
         "load generator; per request, uvicorn's HTTP handling comes on top of both.",
