@@ -52,9 +52,16 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MB = 10**6
 
 TREE = "Events"
-# Each extend call writes one basket per branch, so this sets the basket size: 20k events make
-# baskets of 80 kB (flat int32) to ~1 MB (jet floats) uncompressed, sizes ntuple writers use.
+# Events drawn from the generator at a time, and by default the events per basket (each extend
+# call writes one basket per branch): 20k events make baskets of 80 kB (flat int32) to ~1 MB
+# (jet floats) uncompressed, sizes ntuple writers use.
 CHUNK_EVENTS = 20_000
+# How a branch's basket arrays (fBasketBytes, fBasketEntry, fBasketSeek) in the TTree record
+# grow when full, for files of smaller baskets: by half, as ROOT grows them. uproot's default,
+# tenfold, would leave a TTree record, which uproot writes uncompressed and every reader
+# fetches whole, of mostly empty slots (3 MB for 1,680 baskets a branch). The default file
+# keeps uproot's growth, so that its cached copy and its figures stay as they are.
+SMALL_BASKET_GROWTH = 1.5
 # fCompress 101, ROOT's long-standing default for ntuples.
 COMPRESSION_LEVEL = 1
 SEED = 20_240_601
@@ -248,17 +255,32 @@ class Row:
 # The input file
 
 
-def ensure_input(workdir: Path, size_mb: float) -> InputFile:
-    """The cached benchmark ntuple of about ``size_mb`` MB, generated if missing or stale."""
+def ensure_input(workdir: Path, size_mb: float, basket_events: int = CHUNK_EVENTS) -> InputFile:
+    """The cached benchmark ntuple of about ``size_mb`` MB, generated if missing or stale.
+
+    ``basket_events`` (a divisor of ``CHUNK_EVENTS``) writes the events of that ntuple, the
+    same ones, in baskets of that many events, to a file of its own.
+    """
+    if basket_events < 1 or CHUNK_EVENTS % basket_events:
+        raise ValueError(f"basket_events must divide {CHUNK_EVENTS}, not {basket_events}")
     stem = f"ntuple-{size_mb:g}MB"
-    path = workdir / f"{stem}.root"
-    meta_path = workdir / f"{stem}.json"
-    key = {
+    key: dict[str, object] = {
         "version": GENERATOR_VERSION,
         "seed": SEED,
         "chunk_events": CHUNK_EVENTS,
         "level": COMPRESSION_LEVEL,
     }
+    n_events = 0
+    if basket_events != CHUNK_EVENTS:
+        n_events = ensure_input(workdir, size_mb).events
+        stem += f"-baskets-{basket_events}"
+        key |= {
+            "basket_events": basket_events,
+            "basket_growth": SMALL_BASKET_GROWTH,
+            "events": n_events,
+        }
+    path = workdir / f"{stem}.root"
+    meta_path = workdir / f"{stem}.json"
     if meta_path.exists() and path.exists():
         meta = json.loads(meta_path.read_text())
         if {name: meta.get(name) for name in key} == key and meta.get("size") == (
@@ -267,27 +289,47 @@ def ensure_input(workdir: Path, size_mb: float) -> InputFile:
             return InputFile(path, int(meta["size"]), int(meta["events"]))
     workdir.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)
-    events = _generate(path, int(size_mb * MB))
+    events = _generate(path, basket_events, target_bytes=int(size_mb * MB), n_events=n_events)
     size = path.stat().st_size
     meta_path.write_text(json.dumps({**key, "size": size, "events": events}))
     return InputFile(path, size, events)
 
 
-def _generate(path: Path, target_bytes: int) -> int:
+def _generate(path: Path, basket_events: int, *, target_bytes: int, n_events: int) -> int:
+    """Write the ntuple: ``n_events`` events, or if 0 as many as make ``target_bytes``."""
     import numpy as np
     import uproot
 
     rng = np.random.default_rng(SEED)
     temp = path.with_name(f".{path.name}.part")
     events = 0
-    with uproot.recreate(temp, compression=uproot.ZLIB(COMPRESSION_LEVEL)) as out:
-        tree = out.mktree(TREE, BRANCH_TYPES, title="ESS benchmark", counter_name=_counter_name)
+    growth: dict[str, float] = {}
+    if basket_events != CHUNK_EVENTS:
+        growth["resize_factor"] = SMALL_BASKET_GROWTH
+
+    def more() -> bool:
+        if n_events:
+            return events < n_events
         # uproot flushes every basket as it is written, so the size on disk tracks the data.
-        while events == 0 or temp.stat().st_size < target_bytes:
-            tree.extend(_chunk(rng, events, CHUNK_EVENTS))
+        return events == 0 or temp.stat().st_size < target_bytes
+
+    with uproot.recreate(temp, compression=uproot.ZLIB(COMPRESSION_LEVEL)) as out:
+        tree = out.mktree(
+            TREE, BRANCH_TYPES, title="ESS benchmark", counter_name=_counter_name, **growth
+        )
+        while more():
+            chunk = _chunk(rng, events, CHUNK_EVENTS)
+            for start in range(0, CHUNK_EVENTS, basket_events):
+                tree.extend(_events(chunk, start, basket_events))
             events += CHUNK_EVENTS
     os.replace(temp, path)
     return events
+
+
+def _events(chunk: dict[str, Any], start: int, n: int) -> dict[str, Any]:
+    if start == 0 and n == CHUNK_EVENTS:
+        return chunk
+    return {name: values[start : start + n] for name, values in chunk.items()}
 
 
 def _counter_name(branch: str) -> str:

@@ -32,7 +32,8 @@ async def test_tiny_run_prints_and_writes_the_table(
         store = s3_settings.store(bucket, create_bucket=False)
         await store.start()
         try:
-            await store.delete("ntuple-2MB.root")
+            for key in ("ntuple-2MB.root", "ntuple-2MB-baskets-1000.root"):
+                await store.delete(key)
             await store.client.delete_bucket(Bucket=bucket)
         finally:
             await store.close()
@@ -40,6 +41,11 @@ async def test_tiny_run_prints_and_writes_the_table(
     printed = capsys.readouterr().out
     text = page.read_text()
     for content in (printed, text):
-        assert "| middle |" in content
-        assert "| middle + ½ basket |" in content
+        assert content.count("| middle |") == 2
+        assert content.count("| middle + ½ basket |") == 2
+    assert "### Source baskets of 20,000 events (`ntuple-2MB.root`)" in text
+    assert "### Source baskets of 1,000 events (`ntuple-2MB-baskets-1000.root`)" in text
     assert "## What limits it" in text
+    # Both layouts stay in the work directory for the next run to reuse.
+    cached = sorted(p.name for p in (tmp_path / "work").glob("ntuple-2MB*.root"))
+    assert cached == ["ntuple-2MB-baskets-1000.root", "ntuple-2MB.root"]
