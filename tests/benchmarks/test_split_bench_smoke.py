@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.split_bench import CASES, main
+from benchmarks.split_bench import main
+from benchmarks.split_cases import CASES
 
 
 def test_tiny_run_prints_and_writes_the_table(
