@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,16 +105,23 @@ async def measure(
             _progress(f"uploading {source.path.name} to s3://{bucket}/{key}")
             await store.put_file(key, source.path)
 
+        # The file's content, as the edge names it for its on-demand pool.
+        identity = f"{key}:{source.size}"
+
         async def one(case: Case) -> Sample:
             out = scratch / f"{case.first}.root"
             start = time.perf_counter()
             url = await store.signed_url(key, 600)
-            written, fetched = await split_range(url, case.first, case.last, out)
+            written, fetched = await split_range(
+                url, case.first, case.last, out, identity=identity if case.kept else None
+            )
             seconds = time.perf_counter() - start
             out.unlink()
             return Sample(seconds, fetched, written.size)
 
         await one(todo[0])
+        # An earlier range of the file, split with its identity: its opening is kept.
+        await one(replace(todo[0], kept=True))
         start = time.perf_counter()
         url = await store.signed_url(key, 600)
         opened = await asyncio.to_thread(_open_and_plan, url)

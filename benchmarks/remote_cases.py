@@ -22,6 +22,9 @@ class Case:
     name: str
     first: int
     last: int
+    #: Split with the file's identity after an earlier range of it: what opening the file
+    #: read is kept by the process (as an edge's on-demand pool keeps it), not fetched again.
+    kept: bool = False
 
     @property
     def events(self) -> int:
@@ -134,11 +137,13 @@ def shape(source: Path) -> Shape:
 
 def cases(n_events: int, per_range: int, basket: int) -> list[Case]:
     """The range at the start of the basket holding the file's middle event, and one half a
-    basket later."""
+    basket later: split as a first range of the file, and after another range of it with
+    what opening the file read kept."""
     middle = (n_events // 2) // basket * basket + 1
     # Half a basket on, as far as the file allows.
     shifted = max(1, min(middle + basket // 2, n_events - per_range + 1))
     return [
         Case("middle", middle, middle + per_range - 1),
         Case("middle + ½ basket", shifted, shifted + per_range - 1),
+        Case("middle + ½ basket, opening kept", shifted, shifted + per_range - 1, kept=True),
     ]
