@@ -13,8 +13,7 @@ split.
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
 import structlog
@@ -22,9 +21,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ess_common.db.models import Edge, EdgeStatus, File, utcnow
+from ess_common.db.models import File
 from ess_common.errors import Busy
 from ess_common.events import MAX_EVENT
 from ess_common.ranges import (
@@ -34,7 +33,7 @@ from ess_common.ranges import (
     not_splittable_on_demand,
 )
 from ess_head_api.auth import LOOKERS, require
-from ess_head_api.lookup import PilotPlace, answer, edge_hint
+from ess_head_api.lookup import EdgeHint, LiveEdge, PilotPlace, answer, edge_hint, live_edges
 from ess_head_api.state import HeadState, head_state
 
 log = structlog.get_logger("ess.head_api.on_demand")
@@ -60,20 +59,12 @@ def _rank(key: str, name: str) -> bytes:
 
 
 async def candidate_edges(
-    session: AsyncSession, state: HeadState, ask: OnDemandAsk
+    connection: AsyncConnection, state: HeadState, ask: OnDemandAsk, hint: EdgeHint | None
 ) -> list[tuple[str, str]]:
-    """`(name, url)` of the live edges that serve pilots, closest first."""
-    lost_after = timedelta(seconds=state.settings.edge_lost_after_s)
-    live = (
-        await session.execute(
-            select(Edge.name, Edge.url, Edge.site, Edge.region).where(
-                Edge.status == EdgeStatus.ALIVE,
-                Edge.last_heartbeat >= utcnow() - lost_after,
-                Edge.url.is_not(None),
-            )
-        )
-    ).all()
-    replicas = await session.scalar(
+    """`(name, url)` of the live edges that serve pilots, closest first; `hint` is the
+    pilot's closest tier (`edge_hint`)."""
+    live = await live_edges(connection, state.settings.edge_lost_after_s)
+    replicas = await connection.scalar(
         select(File.replicas)
         .where(File.scope == ask.scope, File.lfn == ask.lfn)
         .order_by(File.id.desc())
@@ -81,11 +72,10 @@ async def candidate_edges(
     )
     sites = {r.get("site") for r in replicas or []}
     regions = {r.get("region") for r in replicas or []} - {"", None}
-    hint = await edge_hint(await session.connection(), state.settings.edge_lost_after_s, ask)
     closest = {name for name, _ in hint.edges} if hint is not None else set()
     span = f"{ask.scope}:{ask.lfn}:{ask.start_event}-{ask.last_event}"
 
-    def order(edge: Any) -> tuple[int, bytes]:
+    def order(edge: LiveEdge) -> tuple[int, bytes]:
         tier = (
             0
             if edge.name in closest
@@ -97,7 +87,7 @@ async def candidate_edges(
         )
         return tier, bytes(255 - b for b in _rank(span, edge.name))
 
-    return [(e.name, (e.url or "").rstrip("/")) for e in sorted(live, key=order)]
+    return [(e.name, e.url.rstrip("/")) for e in sorted(live, key=order)]
 
 
 def _client(request: Request) -> httpx.AsyncClient:
@@ -129,6 +119,7 @@ async def on_demand(
     on-demand capacity: 503 with Retry-After, at once."""
     async with state.sessions() as session:
         connection = await session.connection()
+        hint = await edge_hint(connection, state.settings.edge_lost_after_s, ask)
         try:
             return await answer(
                 connection,
@@ -138,14 +129,14 @@ async def on_demand(
                 ask.lfn,
                 ask.start_event,
                 ask.last_event,
-                await edge_hint(connection, state.settings.edge_lost_after_s, ask),
+                hint,
             )
         except RangeNotPrepared as exc:
             if exc.code == RangeFailure.UNKNOWN_FILE:
                 raise not_splittable_on_demand(
                     ask.scope, ask.lfn, ask.start_event, ask.last_event
                 ) from None
-        edges = await candidate_edges(session, state, ask)
+        edges = await candidate_edges(connection, state, ask, hint)
     if not edges:
         raise Busy("no live edge serves pilots: nothing can split on demand now", 30)
     body = {
