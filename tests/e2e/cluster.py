@@ -30,6 +30,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cluster_env(
+    db_url: str, amqp_url: str, exchange: str, port: int, **settings: str
+) -> dict[str, str]:
+    """The environment every ESS process of a cluster shares: this one's without its `ESS_*`
+    variables, the servers, the head on `port`, quick sweeps and heartbeats, then `settings`."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ESS_")},
+        "ESS_DATABASE_URL": db_url,
+        "ESS_BUS_URL": amqp_url,
+        "ESS_EXCHANGE": exchange,
+        "ESS_HEAD_URL": f"http://127.0.0.1:{port}",
+        "ESS_API_PORT": str(port),
+        "ESS_LOG_FORMAT": "json",
+        "ESS_SWEEP_INTERVAL_S": "0.3",
+        "ESS_HEARTBEAT_INTERVAL_S": "0.5",
+        **settings,
+    }
+
+
 @dataclass
 class Service:
     name: str

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import uuid
@@ -35,7 +34,7 @@ from ess_common.db.models import File, FileStatus, OutboxMessage, Range
 from ess_common.db.session import make_engine, make_session_maker
 from ess_pilot.client import PilotClient
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, SlowFiles, free_port
+from tests.e2e.cluster import Cluster, SlowFiles, cluster_env, free_port
 from tests.helpers import S3Settings, eventually
 
 pytestmark = pytest.mark.e2e
@@ -231,24 +230,19 @@ async def cdn(
     tag = uuid.uuid4().hex[:10]
     exchange = bucket = f"ess-cdn-{tag}"
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ESS_")},
-        "ESS_DATABASE_URL": db_url,
-        "ESS_BUS_URL": amqp_url,
-        "ESS_EXCHANGE": exchange,
-        "ESS_HEAD_URL": f"http://127.0.0.1:{port}",
-        "ESS_API_PORT": str(port),
-        "ESS_LOG_FORMAT": "json",
-        "ESS_SWEEP_INTERVAL_S": "0.3",
-        "ESS_EDGE_LOST_AFTER_S": str(LOST_AFTER_S),
-        "ESS_HEARTBEAT_INTERVAL_S": "0.5",
-        "ESS_RETRY_BACKOFF_S": "0.1",
-        "ESS_MAX_ATTEMPTS": "3",
-        "ESS_EDGE_QUOTA_BYTES": str(QUOTA),
-        "ESS_EDGE_EVICT_INTERVAL_S": "0.3",
-        "ESS_EDGE_LOOKUP_TTL_S": "5",
+    env = cluster_env(
+        db_url,
+        amqp_url,
+        exchange,
+        port,
+        ESS_EDGE_LOST_AFTER_S=str(LOST_AFTER_S),
+        ESS_RETRY_BACKOFF_S="0.1",
+        ESS_MAX_ATTEMPTS="3",
+        ESS_EDGE_QUOTA_BYTES=str(QUOTA),
+        ESS_EDGE_EVICT_INTERVAL_S="0.3",
+        ESS_EDGE_LOOKUP_TTL_S="5",
         **s3_settings.env(bucket),
-    }
+    )
     source = workdir / "source.root"
     _write_root_file(source)
     slow = SlowFiles(workdir / "storage", delay_s=SLOW_S)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from ess_common.checksums import adler32_of_file
 from ess_common.store.base import on_demand_key
 from ess_pilot.client import PilotClient
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, SlowFiles, free_port
+from tests.e2e.cluster import Cluster, SlowFiles, cluster_env, free_port
 from tests.helpers import S3Settings, eventually
 
 pytestmark = pytest.mark.e2e
@@ -74,20 +73,15 @@ async def od(
     amqp_url = await amqp_server.check()
     exchange = bucket = f"ess-od-{uuid.uuid4().hex[:10]}"
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ESS_")},
-        "ESS_DATABASE_URL": db_url,
-        "ESS_BUS_URL": amqp_url,
-        "ESS_EXCHANGE": exchange,
-        "ESS_HEAD_URL": f"http://127.0.0.1:{port}",
-        "ESS_API_PORT": str(port),
-        "ESS_LOG_FORMAT": "json",
-        "ESS_SWEEP_INTERVAL_S": "0.3",
-        "ESS_HEARTBEAT_INTERVAL_S": "0.5",
-        "ESS_TOKENS": json.dumps({role: [token] for role, token in TOKENS.items()}),
-        "ESS_EDGE_LOOKUP_TTL_S": "5",
+    env = cluster_env(
+        db_url,
+        amqp_url,
+        exchange,
+        port,
+        ESS_TOKENS=json.dumps({role: [token] for role, token in TOKENS.items()}),
+        ESS_EDGE_LOOKUP_TTL_S="5",
         **s3_settings.env(bucket),
-    }
+    )
     source = workdir / "source.root"
     write_sample_file(source, N_EVENTS, seed=5)
     slow = SlowFiles(workdir / "storage", delay_s=1.0)
