@@ -20,9 +20,9 @@ the head API's trivial endpoint (`/healthz`) on the same server in the same run.
    A third lookup phase offers 70% of the lookups' measured maximum: the latency when the
    server keeps up.
 4. Measures in this process, with no network and no load, what one lookup costs piece by
-   piece: the query alone (asyncpg), the query as the route makes it (`find_pieces` on a
-   pooled autocommit connection, the statement run on its asyncpg connection), the whole
-   lookup through the app (in-process ASGI), and `/healthz` the same way.
+   piece: the query alone (asyncpg), the query as the route makes it (`find_pieces` on the
+   hot reads' pool), the whole lookup through the app (in-process ASGI), and `/healthz` the
+   same way.
 5. Prints the tables and writes them, with the command and the machine, to `--out`.
 
 Everything runs on 127.0.0.1, each phase is bounded in time, the server is stopped at the end.
@@ -525,33 +525,34 @@ async def breakdown(args: argparse.Namespace, shape: Shape, workdir: Path) -> li
     import asyncpg  # type: ignore[import-untyped]
     import httpx
 
-    from ess_common.db.session import make_engine, read
+    from ess_common.db.hot_reads import hot_reads
+    from ess_common.db.session import make_engine
     from ess_head_api.lookup import find_pieces
 
     asked = _asked(shape, 100 + args.breakdown_calls)
     plain = make_url(args.database_url).set(drivername="postgresql").render_as_string(False)
-    pool = await asyncpg.create_pool(plain, min_size=1, max_size=2)
+    connection = await asyncpg.connect(plain)
     try:
 
         async def raw(q: tuple[str, str, int, int]) -> None:
-            async with pool.acquire() as connection:
-                await connection.fetch(
-                    "SELECT id, file_id, first_event, last_event, object_key, size, adler32 "
-                    "FROM ranges WHERE scope = $1 AND lfn = $2 AND first_event <= $4 "
-                    "AND last_event >= $3 ORDER BY file_id, first_event",
-                    *q,
-                )
+            await connection.fetch(
+                "SELECT id, file_id, first_event, last_event, object_key, size, adler32 "
+                "FROM ranges WHERE scope = $1 AND lfn = $2 AND first_event <= $4 "
+                "AND last_event >= $3 ORDER BY file_id, first_event",
+                *q,
+            )
 
         raw_ms = await _per_call(asked, raw)
     finally:
-        await pool.close()
+        await connection.close()
     engine = make_engine(args.database_url)
     try:
 
         async def core(q: tuple[str, str, int, int]) -> None:
-            await read(engine, lambda connection: find_pieces(connection, *q))
+            await find_pieces(engine, *q)
 
-        core_ms = await _per_call(asked, core)
+        async with hot_reads(engine):
+            core_ms = await _per_call(asked, core)
     finally:
         await engine.dispose()
     token = secrets.token_hex(16)
@@ -586,10 +587,9 @@ async def breakdown(args: argparse.Namespace, shape: Shape, workdir: Path) -> li
         app_ms = await _per_call(asked, lookup)
         healthz_ms = await _per_call(asked, healthz)
     return [
-        Step("the range query alone (asyncpg, pooled connection)", raw_ms),
+        Step("the range query alone (asyncpg, one connection)", raw_ms),
         Step(
-            "the range query as the route makes it (`find_pieces`: a pooled autocommit "
-            "connection, the statement on its asyncpg connection)",
+            "the range query as the route makes it (`find_pieces` on the hot reads' pool)",
             core_ms,
         ),
         Step("a whole lookup through the app (in-process ASGI, token, signed URL)", app_ms),
@@ -604,7 +604,7 @@ def breakdown_lines(steps: Sequence[Step]) -> list[str]:
     lines += [
         "",
         f"- Of a lookup's {whole:.2f} ms, {core:.2f} ms ({core / whole:.0%}) is the range query "
-        f"as the route makes it (a connection from SQLAlchemy's pool and the query), which "
+        f"as the route makes it (a connection from the hot reads' pool and the query), which "
         f"asyncpg alone does in {raw:.2f} ms; the remaining {whole - core:.2f} ms is the web "
         "framework (routing, the token, the parameters, building and serialising the answer) "
         f"and the signed URL, against {trivial:.2f} ms for the whole of `/healthz`.",

@@ -1,16 +1,19 @@
-"""Reads outside any transaction (`ess_common.db.session.read`), on SQLite and the real
-PostgreSQL: what they see, and how they get over a connection the server ended."""
+"""Reads outside any transaction (`ess_common.db.session.read`, and the hot reads of
+`ess_common.db.hot_reads`), on SQLite and the real PostgreSQL: what they see, and how they get
+over a connection the server ended."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from ess_common.db import hot_reads as hot
+from ess_common.db.hot_reads import hot_fetch, hot_reads
 from ess_common.db.models import DeadLetter
 from ess_common.db.session import is_sqlite, make_engine, make_session_maker, read, unit_of_work
 
@@ -101,3 +104,73 @@ async def test_a_read_the_database_refuses_is_not_run_again(db_url: str) -> None
     finally:
         await engine.dispose()
     assert len(runs) == 1
+
+
+_BY_QUEUE = select(DeadLetter.queue, DeadLetter.reason).where(
+    DeadLetter.queue == bindparam("queue")
+)
+
+
+async def test_a_hot_read_runs_on_its_own_pool_when_one_is_open(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL, within `hot_reads`, without SQLAlchemy's pool; elsewhere through it."""
+    engine = make_engine(db_url)
+    sessions = make_session_maker(engine)
+    through_sqlalchemy: list[int] = []
+
+    async def counted(*args: Any) -> Any:
+        through_sqlalchemy.append(1)
+        return await read(*args)
+
+    monkeypatch.setattr(hot, "read", counted)
+    try:
+        async with unit_of_work(sessions) as session:
+            session.add(DeadLetter(queue="q", routing_key="k", reason="r", body="{}"))
+        async with hot_reads(engine):
+            rows = await hot_fetch(engine, _BY_QUEUE, {"queue": "q"})
+            none = await hot_fetch(engine, _BY_QUEUE, {"queue": "other"})
+        after = await hot_fetch(engine, _BY_QUEUE, {"queue": "q"})
+    finally:
+        await engine.dispose()
+
+    assert [tuple(r) for r in rows] == [tuple(r) for r in after] == [("q", "r")]
+    assert list(none) == []
+    assert len(through_sqlalchemy) == (3 if is_sqlite(db_url) else 1)
+
+
+async def test_a_hot_read_gets_over_a_lost_connection(postgres_server: PostgresServer) -> None:
+    url = await postgres_server.url()
+    engine = make_engine(url)
+    admin = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with hot_reads(engine):
+            assert list(await hot_fetch(engine, _BY_QUEUE, {"queue": "lost"})) == []
+            async with admin.connect() as connection:
+                ended = await connection.scalar(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            assert ended
+            assert list(await hot_fetch(engine, _BY_QUEUE, {"queue": "lost"})) == []
+            assert list(await hot_fetch(engine, _BY_QUEUE, {"queue": "lost"})) == []
+    finally:
+        await admin.dispose()
+        await engine.dispose()
+
+
+async def test_a_hot_read_of_a_value_the_database_refuses_raises_as_a_read_does(
+    db_url: str,
+) -> None:
+    engine = make_engine(db_url)
+    try:
+        async with hot_reads(engine):
+            if is_sqlite(db_url):
+                # SQLite stores any text: the refusal is PostgreSQL's.
+                return
+            with pytest.raises(DBAPIError):
+                await hot_fetch(engine, _BY_QUEUE, {"queue": "nul\x00"})
+    finally:
+        await engine.dispose()

@@ -1,6 +1,6 @@
-"""`GET /v1/ranges` answers a plain request without FastAPI's parameter and dependency
-machinery (`routes.ranges.LookupRoute`): every request, plain or not, gets exactly the answer
-of the route as declared (SQLite and PostgreSQL), and the plain ones do take the short path.
+"""`GET /v1/ranges` answers a plain request before routing (`lookup_shortcut`), on the hot
+reads' pool on PostgreSQL: every request, plain or not, gets exactly the answer of the route as
+declared (SQLite and PostgreSQL), and the plain ones do take the short path.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import Request
+from starlette.types import Scope
 
-from ess_common.db.session import SessionMaker
+from ess_common.db.hot_reads import hot_reads
+from ess_common.db.session import SessionMaker, engine_of
 from ess_common.events import MAX_EVENT
 from ess_common.store.local import LocalStore
+from ess_common.tokens import TokenBook
+from ess_head_api import lookup_shortcut
 from ess_head_api.auth import Role
-from ess_head_api.routes import ranges
 from tests.head_api.support import SCOPE, Head, Prepared, prepare, running_head
 
 TOKENS = {role: secrets.token_hex(16) for role in Role}
@@ -30,8 +32,8 @@ async def head(sessions: SessionMaker, tmp_path: Path) -> AsyncIterator[Head]:
     store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
     await store.start()
     tokens = {role.value: [token] for role, token in TOKENS.items()}
-    async with running_head(sessions, store, tokens=tokens) as running:
-        yield running
+    async with hot_reads(engine_of(sessions)), running_head(sessions, store, tokens=tokens) as head:
+        yield head
 
 
 @pytest.fixture
@@ -111,18 +113,18 @@ async def test_every_request_gets_the_declared_routes_answer(
     short: bool,
 ) -> None:
     taken: list[bool] = []
-    plain_lookup = ranges.plain_lookup
+    plain_lookup = lookup_shortcut.plain_lookup
 
-    def spy(request: Request) -> Any:
-        found = plain_lookup(request)
+    def spy(book: TokenBook, scope: Scope) -> Any:
+        found = plain_lookup(book, scope)
         taken.append(found is not None)
         return found
 
-    monkeypatch.setattr(ranges, "plain_lookup", spy)
+    monkeypatch.setattr(lookup_shortcut, "plain_lookup", spy)
     fast = await head.client.get("/v1/ranges", params=query, headers=headers)
     assert taken == [short], why
 
-    monkeypatch.setattr(ranges, "plain_lookup", lambda _: None)
+    monkeypatch.setattr(lookup_shortcut, "plain_lookup", lambda *_: None)
     declared = await head.client.get("/v1/ranges", params=query, headers=headers)
 
     assert fast.status_code == declared.status_code, (why, fast.text, declared.text)

@@ -6,6 +6,7 @@ and the real PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,13 +16,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from ess_common.db.hot_reads import hot_reads
 from ess_common.db.models import Edge, utcnow
 from ess_common.db.session import (
     SessionMaker,
     engine_of,
     make_engine,
     make_session_maker,
-    reading,
     unit_of_work,
 )
 from ess_common.events import MAX_EVENT
@@ -176,12 +177,10 @@ async def add_edge(sessions: SessionMaker, name: str) -> None:
 async def test_the_live_edges_are_read_at_most_once_per_ttl(sessions: SessionMaker) -> None:
     engine = engine_of(sessions)
     await add_edge(sessions, "edge-one")
-    async with reading(engine) as connection:
-        first = await live_edges(connection, 30.0, ttl_s=60.0)
+    first = await live_edges(engine, 30.0, ttl_s=60.0)
     await add_edge(sessions, "edge-two")
-    async with reading(engine) as connection:
-        held = await live_edges(connection, 30.0, ttl_s=60.0)
-        fresh = await live_edges(connection, 30.0, ttl_s=0.0)
+    held = await live_edges(engine, 30.0, ttl_s=60.0)
+    fresh = await live_edges(engine, 30.0, ttl_s=0.0)
 
     assert [e.name for e in first] == [e.name for e in held] == ["edge-one"]
     assert sorted(e.name for e in fresh) == ["edge-one", "edge-two"]
@@ -191,9 +190,12 @@ async def test_the_live_edges_are_read_at_most_once_per_ttl(sessions: SessionMak
     }
 
 
+@pytest.mark.parametrize("hot", [True, False], ids=["hot reads", "sqlalchemy"])
 async def test_a_lookup_survives_a_lost_database_connection(
-    postgres_server: PostgresServer, tmp_path: Path
+    postgres_server: PostgresServer, tmp_path: Path, hot: bool
 ) -> None:
+    """With the hot reads' pool (as served) and without it: every pooled connection, of both
+    pools, is lost at once."""
     await postgres_server.truncate()
     url = await postgres_server.url()
     engine = make_engine(url)
@@ -202,7 +204,10 @@ async def test_a_lookup_survives_a_lost_database_connection(
         sessions = make_session_maker(engine)
         store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
         await store.start()
-        async with running_head(sessions, store) as running:
+        async with (
+            hot_reads(engine) if hot else nullcontext(),
+            running_head(sessions, store) as running,
+        ):
             await prepare(
                 sessions,
                 store,

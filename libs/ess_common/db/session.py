@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, event
+from sqlalchemy import Dialect, Select, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -164,6 +164,18 @@ def _driver_connection(connection: AsyncConnection) -> Any | None:
     return sync.connection.driver_connection
 
 
+def native_text(
+    statement: Select[*tuple[Any, ...]], dialect: Dialect
+) -> tuple[str, tuple[str, ...]]:
+    """The PostgreSQL text of a module-level statement for asyncpg, and the names of its
+    parameters in order; compiled once per statement."""
+    native = _native.get(statement)
+    if native is None:
+        compiled = statement.compile(dialect=dialect)
+        native = _native[statement] = (compiled.string, tuple(compiled.positiontup or ()))
+    return native
+
+
 async def fetch(
     connection: AsyncConnection,
     statement: Select[*tuple[Any, ...]],
@@ -176,11 +188,7 @@ async def fetch(
     the connection invalidated when lost)."""
     driver = _driver_connection(connection)
     if driver is not None:
-        native = _native.get(statement)
-        if native is None:
-            compiled = statement.compile(dialect=connection.dialect)
-            native = _native[statement] = (compiled.string, tuple(compiled.positiontup or ()))
-        sql, names = native
+        sql, names = native_text(statement, connection.dialect)
         try:
             rows: Sequence[Sequence[Any]] = await driver.fetch(sql, *(params[n] for n in names))
             return rows

@@ -2,7 +2,8 @@
 
 Every `/v1` router but the signed object downloads and the published schema is included
 behind a bearer token (`auth.authenticated`); each route names its roles with `auth.require`.
-While served, the app also expires old requests every `expire_interval_s`.
+While served, the app also expires old requests every `expire_interval_s`, and keeps a pool of
+its own for the pilots' lookups (`ess_common.db.hot_reads`).
 """
 
 from __future__ import annotations
@@ -18,19 +19,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 
-from ess_common.errors import (
-    Conflict,
-    EssError,
-    Forbidden,
-    NotFound,
-    PermanentError,
-    RetryableError,
-    Unauthorized,
-    retry_after,
-)
+from ess_common.db.hot_reads import hot_reads
+from ess_common.db.session import engine_of
+from ess_common.errors import EssError
 from ess_common.runtime import every
 from ess_head_api.auth import AUTH_RESPONSES, TokenBook, announce, authenticated
 from ess_head_api.lifecycle import expire
+from ess_head_api.lookup_shortcut import LookupShortcut
+from ess_head_api.refusals import refusal
 from ess_head_api.routes import (
     admin,
     edges,
@@ -45,15 +41,6 @@ from ess_head_api.routes import (
 )
 from ess_head_api.routes.events import StreamCount
 from ess_head_api.state import HeadState
-
-_STATUS: list[tuple[type[EssError], int]] = [
-    (NotFound, 404),
-    (Conflict, 409),
-    (Unauthorized, 401),
-    (Forbidden, 403),
-    (PermanentError, 422),
-    (RetryableError, 503),
-]
 
 
 class ErrorAnswer(BaseModel):
@@ -104,13 +91,6 @@ def bad_value(exc: DBAPIError) -> bool:
     return False
 
 
-def status_of(exc: EssError) -> int:
-    for kind, code in _STATUS:
-        if isinstance(exc, kind):
-            return code
-    return 500
-
-
 def create_app(state: HeadState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -121,7 +101,8 @@ def create_app(state: HeadState) -> FastAPI:
             every(state.settings.expire_interval_s, expire_old, "expire"), name="head-expire"
         )
         try:
-            yield
+            async with hot_reads(engine_of(state.sessions)):
+                yield
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -138,15 +119,12 @@ def create_app(state: HeadState) -> FastAPI:
     app.state.head = state
     app.state.tokens = TokenBook.from_settings(state.settings.tokens)
     app.state.streams = StreamCount()
+    app.add_middleware(LookupShortcut)
     announce(app.state.tokens)
 
     @app.exception_handler(EssError)
     async def ess_error(_: Request, exc: EssError) -> JSONResponse:
-        code = status_of(exc)
-        headers = {"Retry-After": str(retry_after(exc))} if code == 503 else None
-        if code == 401:
-            headers = {"WWW-Authenticate": 'Bearer realm="ess"'}
-        return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+        return refusal(exc)
 
     @app.exception_handler(DBAPIError)
     async def database_refused(_: Request, exc: DBAPIError) -> JSONResponse:

@@ -18,7 +18,6 @@ Signed object URLs (`/v1/objects/...`) need no token: the signature is the crede
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 import structlog
@@ -95,17 +94,3 @@ def require(*roles: Role) -> DependsParam:
 
     dependency: DependsParam = Depends(check)
     return dependency
-
-
-def admits(request: Request, roles: Sequence[Role]) -> bool:
-    """Whether `authenticated` and `require(*roles)` would both let the request through, read
-    straight from its Authorization header; False also when they would refuse it, which is
-    theirs to answer. For a route that serves its plain requests without dependencies."""
-    book: TokenBook = request.app.state.tokens
-    if not book.enabled:
-        return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return False
-    role = book.role_of(token)
-    return role is not None and (role == Role.ADMIN or role in roles)

@@ -6,9 +6,10 @@ Any live edge serves any range file (it pulls it through from the object store o
 among the closest ones the object key picks one by rendezvous hashing, so that pilots asking
 for the same file go to the same edge and find it cached there.
 
-Lookups are the hot path of the head: they read columns with SQLAlchemy Core on a connection
-outside any transaction (`ess_common.db.session.read`), one query when the range is prepared,
-on PostgreSQL straight through asyncpg (`ess_common.db.session.fetch`).
+Lookups are the hot path of the head: they read columns outside any transaction, one query
+when the range is prepared, on PostgreSQL straight through a pool of asyncpg connections
+(`ess_common.db.hot_reads`); the rest (a range not prepared, the live edges once a second)
+with SQLAlchemy Core on a pooled connection (`ess_common.db.session.read`).
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 from sqlalchemy import Engine, bindparam, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ess_common.db.hot_reads import hot_fetch
 from ess_common.db.models import Edge, EdgeStatus, File, Range, utcnow
-from ess_common.db.session import fetch
+from ess_common.db.session import engine_of, read
 from ess_common.ranges import RangeNotPrepared as RangeNotPrepared
 from ess_common.ranges import RangeOutsideFile as RangeOutsideFile
 from ess_common.ranges import best_cover, check_asked, make_piece, not_prepared
 from ess_common.ranges import covering as covering
 from ess_common.store.base import ObjectStore
 from ess_head_api.schemas import LookupAnswer
+from ess_head_api.state import HeadState
 
 #: How long the list of live edges is reused: it changes with heartbeats (seconds apart) and an
 #: edge is lost only after `edge_lost_after_s` (tens of seconds) without one.
@@ -108,31 +111,34 @@ _held: weakref.WeakKeyDictionary[Engine, _Held] = weakref.WeakKeyDictionary()
 
 
 async def live_edges(
-    connection: AsyncConnection, lost_after_s: float, *, ttl_s: float = LIVE_EDGES_TTL_S
+    engine: AsyncEngine, lost_after_s: float, *, ttl_s: float = LIVE_EDGES_TTL_S
 ) -> tuple[LiveEdge, ...]:
     """The edges that heartbeat within `lost_after_s`, serve (alive) and have a URL; read from
     the database at most once per `ttl_s`."""
-    engine = connection.sync_engine
     now = time.monotonic()
-    held = _held.get(engine)
+    held = _held.get(engine.sync_engine)
     if held is not None and held.lost_after_s == lost_after_s and now - held.at < ttl_s:
         return held.edges
     heard_since = utcnow() - timedelta(seconds=lost_after_s)
-    rows = await connection.execute(_LIVE_EDGES, {"heard_since": heard_since})
-    edges = tuple(
-        LiveEdge(r.name, r.site, r.region, r.url or "", r.latitude, r.longitude) for r in rows
-    )
-    _held[engine] = _Held(now, lost_after_s, edges)
+
+    async def look(connection: AsyncConnection) -> tuple[LiveEdge, ...]:
+        rows = await connection.execute(_LIVE_EDGES, {"heard_since": heard_since})
+        return tuple(
+            LiveEdge(r.name, r.site, r.region, r.url or "", r.latitude, r.longitude) for r in rows
+        )
+
+    edges = await read(engine, look)
+    _held[engine.sync_engine] = _Held(now, lost_after_s, edges)
     return edges
 
 
 async def edge_hint(
-    connection: AsyncConnection, lost_after_s: float, place: PilotPlace | None
+    engine: AsyncEngine, lost_after_s: float, place: PilotPlace | None
 ) -> EdgeHint | None:
     """None when the pilot did not say where it runs: it gets the object store only."""
     if place is None or not place.given:
         return None
-    live = await live_edges(connection, lost_after_s)
+    live = await live_edges(engine, lost_after_s)
     tiers = [
         [e for e in live if place.site and e.site == place.site],
         [e for e in live if place.region and e.region == place.region],
@@ -198,20 +204,23 @@ def copies_of(rows: list[FoundRange]) -> dict[int, list[FoundRange]]:
 
 
 async def find_pieces(
-    connection: AsyncConnection, scope: str, lfn: str, start: int, last: int
+    engine: AsyncEngine, scope: str, lfn: str, start: int, last: int
 ) -> list[FoundRange]:
     check_asked(start, last)
     params = {"scope": scope, "lfn": lfn, "start": start, "last": last}
-    rows = [FoundRange(*row) for row in await fetch(connection, _RANGES, params)]
+    rows = [FoundRange(*row) for row in await hot_fetch(engine, _RANGES, params)]
     found = best_cover(copies_of(rows).items(), start, last)
     if found is not None:
         return found
-    n_events = await connection.scalar(_N_EVENTS, {"scope": scope, "lfn": lfn})
-    raise not_prepared(scope, lfn, start, last, n_events)
+
+    async def n_events(connection: AsyncConnection) -> int | None:
+        return await connection.scalar(_N_EVENTS, {"scope": scope, "lfn": lfn})
+
+    raise not_prepared(scope, lfn, start, last, await read(engine, n_events))
 
 
 async def answer(
-    connection: AsyncConnection,
+    engine: AsyncEngine,
     store: ObjectStore,
     ttl_s: int,
     scope: str,
@@ -220,7 +229,7 @@ async def answer(
     last: int,
     hint: EdgeHint | None = None,
 ) -> LookupAnswer:
-    pieces = await find_pieces(connection, scope, lfn, start, last)
+    pieces = await find_pieces(engine, scope, lfn, start, last)
     out = [
         make_piece(
             first_event=r.first_event,
@@ -237,3 +246,19 @@ async def answer(
         for r in pieces
     ]
     return LookupAnswer(scope=scope, lfn=lfn, start_event=start, last_event=last, pieces=out)
+
+
+_ANSWER = TypeAdapter(LookupAnswer)
+
+
+async def answer_json(
+    state: HeadState, scope: str, lfn: str, start: int, last: int, place: PilotPlace | None
+) -> bytes:
+    """The answer to a pilot's `GET /v1/ranges`, as its JSON."""
+    settings = state.settings
+    engine = engine_of(state.sessions)
+    hint = await edge_hint(engine, settings.edge_lost_after_s, place)
+    found = await answer(
+        engine, state.store, settings.signed_url_ttl_s, scope, lfn, start, last, hint
+    )
+    return _ANSWER.dump_json(found)

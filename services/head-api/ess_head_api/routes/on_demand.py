@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ess_common.db.models import File
+from ess_common.db.session import engine_of
 from ess_common.errors import Busy
 from ess_common.events import MAX_EVENT
 from ess_common.ranges import (
@@ -63,7 +64,7 @@ async def candidate_edges(
 ) -> list[tuple[str, str]]:
     """`(name, url)` of the live edges that serve pilots, closest first; `hint` is the
     pilot's closest tier (`edge_hint`)."""
-    live = await live_edges(connection, state.settings.edge_lost_after_s)
+    live = await live_edges(connection.engine, state.settings.edge_lost_after_s)
     replicas = await connection.scalar(
         select(File.replicas)
         .where(File.scope == ask.scope, File.lfn == ask.lfn)
@@ -117,26 +118,26 @@ async def on_demand(
     just that range from the file's source and the answer comes within `wait` seconds (the
     edge's default when not given), else 202: ask again with the same body. Past the edges'
     on-demand capacity: 503 with Retry-After, at once."""
+    engine = engine_of(state.sessions)
+    hint = await edge_hint(engine, state.settings.edge_lost_after_s, ask)
+    try:
+        return await answer(
+            engine,
+            state.store,
+            state.settings.signed_url_ttl_s,
+            ask.scope,
+            ask.lfn,
+            ask.start_event,
+            ask.last_event,
+            hint,
+        )
+    except RangeNotPrepared as exc:
+        if exc.code == RangeFailure.UNKNOWN_FILE:
+            raise not_splittable_on_demand(
+                ask.scope, ask.lfn, ask.start_event, ask.last_event
+            ) from None
     async with state.sessions() as session:
-        connection = await session.connection()
-        hint = await edge_hint(connection, state.settings.edge_lost_after_s, ask)
-        try:
-            return await answer(
-                connection,
-                state.store,
-                state.settings.signed_url_ttl_s,
-                ask.scope,
-                ask.lfn,
-                ask.start_event,
-                ask.last_event,
-                hint,
-            )
-        except RangeNotPrepared as exc:
-            if exc.code == RangeFailure.UNKNOWN_FILE:
-                raise not_splittable_on_demand(
-                    ask.scope, ask.lfn, ask.start_event, ask.last_event
-                ) from None
-        edges = await candidate_edges(connection, state, ask, hint)
+        edges = await candidate_edges(await session.connection(), state, ask, hint)
     if not edges:
         raise Busy("no live edge serves pilots: nothing can split on demand now", 30)
     body = {

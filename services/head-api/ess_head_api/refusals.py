@@ -1,0 +1,41 @@
+"""ESS's own refusals (`EssError`) as HTTP answers: the status of each kind, and the answer."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+from ess_common.errors import (
+    Conflict,
+    EssError,
+    Forbidden,
+    NotFound,
+    PermanentError,
+    RetryableError,
+    Unauthorized,
+    retry_after,
+)
+
+_STATUS: list[tuple[type[EssError], int]] = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (PermanentError, 422),
+    (RetryableError, 503),
+]
+
+
+def status_of(exc: EssError) -> int:
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return 500
+
+
+def refusal(exc: EssError) -> JSONResponse:
+    """The reason, for a person to read; 503 says when to come back, 401 how to log in."""
+    code = status_of(exc)
+    headers = {"Retry-After": str(retry_after(exc))} if code == 503 else None
+    if code == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="ess"'}
+    return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
