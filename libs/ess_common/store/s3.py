@@ -1,4 +1,8 @@
-"""The S3 object store (aiobotocore), path-style addressing so that any S3 server works."""
+"""The S3 object store (aiobotocore), path-style addressing so that any S3 server works.
+
+Presigned URLs are made by `presign.Presigner` when it makes botocore's URLs to the byte (it is
+checked when the store starts), else by botocore.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,16 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from ess_common.errors import NotFound, RetryableError
 from ess_common.store.base import check_key
+from ess_common.store.presign import Presigner
+
+log = structlog.get_logger("ess.store.s3")
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
@@ -42,6 +50,7 @@ class S3Store:
         self.create_bucket = create_bucket
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._presigner: Presigner | None = None
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -72,6 +81,11 @@ class S3Store:
                 config=config,
             )
         )
+        if self.access_key and self.secret_key:
+            self._presigner = await Presigner.matching(
+                self._client, self.bucket, self.access_key, self.secret_key
+            )
+        log.info("s3.presign", by="ess" if self._presigner is not None else "botocore")
         if self.create_bucket:
             await self.ensure_bucket()
 
@@ -91,6 +105,7 @@ class S3Store:
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
+        self._presigner = None
 
     async def put_file(self, key: str, path: Path) -> None:
         data = await asyncio.to_thread(path.read_bytes)
@@ -139,6 +154,8 @@ class S3Store:
         await self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     async def signed_url(self, key: str, ttl_s: int) -> str:
+        if self._presigner is not None:
+            return self._presigner.url(self._key(key), ttl_s)
         url: str = await self.client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._key(key)},
