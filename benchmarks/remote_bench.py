@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,7 @@ async def measure(
     source: InputFile, bucket: str, todo: list[Case], repeat: int
 ) -> tuple[Opening, list[Row]]:
     from ess_common.store.s3 import S3Store
-    from ess_splitter.remote import split_range
+    from ess_splitter.remote import forget_kept, split_range
 
     store = _store(bucket)
     assert isinstance(store, S3Store)
@@ -110,6 +109,13 @@ async def measure(
 
         async def one(case: Case) -> Sample:
             out = scratch / f"{case.first}.root"
+            if case.earlier is not None:
+                # Only what the earlier range fetched is kept when the case starts.
+                forget_kept()
+                url = await store.signed_url(key, 600)
+                before = scratch / "earlier.root"
+                await split_range(url, *case.earlier, before, identity=identity)
+                before.unlink()
             start = time.perf_counter()
             url = await store.signed_url(key, 600)
             written, fetched = await split_range(
@@ -120,8 +126,6 @@ async def measure(
             return Sample(seconds, fetched, written.size)
 
         await one(todo[0])
-        # An earlier range of the file, split with its identity: its opening is kept.
-        await one(replace(todo[0], kept=True))
         start = time.perf_counter()
         url = await store.signed_url(key, 600)
         opened = await asyncio.to_thread(_open_and_plan, url)

@@ -22,13 +22,23 @@ class Case:
     name: str
     first: int
     last: int
-    #: Split with the file's identity after an earlier range of it: what opening the file
-    #: read is kept by the process (as an edge's on-demand pool keeps it), not fetched again.
-    kept: bool = False
+    #: An earlier range of the file, split first with the file's identity by the same
+    #: process (as an edge's on-demand pool splits them): what it fetched is kept, not
+    #: fetched again. None: the first range of the file split by the process.
+    earlier: tuple[int, int] | None = None
 
     @property
     def events(self) -> int:
         return self.last - self.first + 1
+
+    @property
+    def kept(self) -> bool:
+        return self.earlier is not None
+
+    @property
+    def follows(self) -> bool:
+        """Whether the earlier range ends where this one starts."""
+        return self.earlier is not None and self.earlier[1] + 1 == self.first
 
 
 @dataclass(frozen=True)
@@ -137,13 +147,21 @@ def shape(source: Path) -> Shape:
 
 def cases(n_events: int, per_range: int, basket: int) -> list[Case]:
     """The range at the start of the basket holding the file's middle event, and one half a
-    basket later: split as a first range of the file, and after another range of it with
-    what opening the file read kept."""
+    basket later: split as the first range of the file; after the file's first range (what
+    opening the file read kept); and after the range just before it (the opening and the
+    beginnings of its baskets, up to where that range ended, kept)."""
     middle = (n_events // 2) // basket * basket + 1
     # Half a basket on, as far as the file allows.
-    shifted = max(1, min(middle + basket // 2, n_events - per_range + 1))
+    shifted = max(per_range + 1, min(middle + basket // 2, n_events - per_range + 1))
+    last = shifted + per_range - 1
     return [
         Case("middle", middle, middle + per_range - 1),
-        Case("middle + ½ basket", shifted, shifted + per_range - 1),
-        Case("middle + ½ basket, opening kept", shifted, shifted + per_range - 1, kept=True),
+        Case("middle + ½ basket", shifted, last),
+        Case("middle + ½ basket, opening kept", shifted, last, earlier=(1, per_range)),
+        Case(
+            "middle + ½ basket, after the range before it",
+            shifted,
+            last,
+            earlier=(shifted - per_range, shifted - 1),
+        ),
     ]

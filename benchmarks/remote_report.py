@@ -102,10 +102,13 @@ def page(
         "a range costs, for every branch, the stored bytes from the start of the basket that "
         "holds it to the range's end (fetched by estimate from the branch's compression ratio, "
         "then extended if short); a basket wholly inside the range is copied as it is. LZ4 or "
-        "ZSTD baskets, which cannot be inflated from a prefix, are fetched whole. The opening "
-        "is paid once per file and process: given the file's identity (as the edge's "
-        "on-demand pool gives it), what opening read is kept, and a later range of the same "
-        "file fetches only its baskets (the rows marked 'opening kept').",
+        "ZSTD baskets, which cannot be inflated from a prefix, are fetched whole. Given the "
+        "file's identity (as the edge's on-demand pool gives it), what a split fetched is kept "
+        "by the process: a later range of the same file fetches neither the opening (the rows "
+        "'opening kept', after the file's first range) nor, when it follows an earlier range "
+        "into the same baskets, their beginnings again, only what lies past the earlier "
+        "range's end (the rows 'after the range before it', as when pilots ask for a file's "
+        "ranges in turn).",
         "",
         *(_limit(layout) for layout in layouts),
         _targets(layouts),
@@ -128,7 +131,10 @@ def _verdict(layout: Layout, row: Row) -> str:
     share = layout.share(row.case)
     opening = 0.0 if row.case.kept else layout.opening.fetched / share
     where = (
-        "nothing of the opening, kept from an earlier range of the file"
+        "nothing of the opening nor of the beginnings of the baskets up to where the range "
+        "before it ended, kept from that range"
+        if row.case.follows
+        else "nothing of the opening, kept from the file's first range"
         if row.case.kept
         else f"{opening:.1f}x opening the file"
     )

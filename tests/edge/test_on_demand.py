@@ -245,6 +245,43 @@ async def test_identical_asks_share_one_split_and_others_past_the_capacity_get_5
     assert (await rig.ask(101, 200)).status_code == 200
 
 
+async def test_a_range_that_follows_another_fetches_only_what_lies_past_it(rig: Rig) -> None:
+    """The slot's process keeps what it fetched of a remote file: the next range fetches
+    neither the opening nor the beginnings of the baskets again."""
+    assert (await rig.ask(1, 100)).status_code == 200
+    assert (await rig.ask(101, 200)).status_code == 200
+    first = rig.state.on_demand.finished((SCOPE, LFN, 1, 100))
+    second = rig.state.on_demand.finished((SCOPE, LFN, 101, 200))
+    assert first is not None and second is not None
+    if isinstance(rig.state.store, S3Store):
+        assert 0 < second.fetched_bytes < first.fetched_bytes / 2
+    else:
+        # A file:// replica is read from a file system the edge mounts: nothing is kept.
+        assert second.fetched_bytes > 0
+
+
+async def test_the_ranges_of_one_file_go_to_its_own_slot_while_it_is_free(rig: Rig) -> None:
+    settings = rig.state.settings.model_copy(update={"edge_on_demand_slots": 3})
+    on_demand = OnDemand(
+        settings,
+        store=rig.state.store,
+        space=rig.state.space,
+        objects=rig.state.objects,
+        bus=None,
+        http=rig.state.on_demand.http,
+    )
+    files = [f"{SCOPE}:EVNT.{n:06d}.pool.root.1:1000:0a1b2c3d" for n in range(12)]
+    own = {identity: on_demand._slot_for(identity) for identity in files}
+
+    assert set(own.values()) == {0, 1, 2}
+    assert all(on_demand._slot_for(identity) == own[identity] for identity in files)
+    on_demand._busy.add(own[files[0]])
+    taken_over = on_demand._slot_for(files[0])
+    assert taken_over != own[files[0]]
+    on_demand._busy.add(taken_over)
+    assert on_demand._slot_for(files[0]) not in on_demand._busy
+
+
 async def test_a_split_longer_than_the_wait_answers_202_then_the_result(rig: Rig) -> None:
     rig.to_head.gate.clear()
     pending = await rig.ask(500, 600, wait=0)

@@ -267,3 +267,28 @@ async def test_the_next_range_of_the_same_file_does_not_fetch_its_opening_again(
     # Without an identity nothing is kept or reused.
     _, again = await split_range(f"{base}/ntuple.root", 1, 2000, tmp_path / "again.root")
     assert again == cold
+
+
+async def test_the_next_range_of_a_basket_fetches_only_what_the_earlier_did_not(
+    http_root: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Ranges one after the other through 6,000-event zlib baskets: each fetches the part of
+    its baskets past the end of the range before it, not their beginnings again."""
+    base, served = http_root
+    source = write_ntuple(served / "big-baskets.root", 12_000, 6_000)
+    url = f"{base}/big-baskets.root"
+    identity = f"user.ess:big-baskets.root:{source.stat().st_size}"
+    spans = [(6_001 + k * 500, 6_500 + k * 500) for k in range(6)]
+    kept = []
+    for first, last in spans:
+        out = tmp_path / f"kept-{first}.root"
+        _, fetched = await split_range(url, first, last, out, identity=identity)
+        assert_range_of(source, out, first, last)
+        kept.append(fetched)
+    first, last = spans[-1]
+    _, cold = await split_range(url, first, last, tmp_path / "cold.root")
+
+    # The sixth range alone inflates its baskets from their start: six ranges' worth.
+    assert kept[-1] < cold / 3
+    # All six together fetched about what the sixth alone does.
+    assert sum(kept[1:]) < 1.5 * cold

@@ -2,9 +2,12 @@
 splits just that range, straight from the source file's replica (`ess_splitter.remote`: only
 the baskets the range needs are fetched), uploads it, keeps a copy to serve, and tells the head.
 
-- Capacity: at most `edge_on_demand_slots` splits run at once, each in a process of a pool of
-  that size, beside (not behind) the queued work of prepared requests. An ask past the
-  capacity is refused at once (`Busy`: HTTP 503 with Retry-After), never queued.
+- Capacity: at most `edge_on_demand_slots` splits run at once, each in a process of its own
+  slot, beside (not behind) the queued work of prepared requests. An ask past the capacity is
+  refused at once (`Busy`: HTTP 503 with Retry-After), never queued.
+- A slot's process keeps what its splits fetched of each file (the opening, the beginnings of
+  baskets); the ranges of one file go to the same slot whenever it is free, so that a range
+  following another fetches only what lies past it.
 - Identical asks share one split: whoever asks for a span being split waits for that split,
   even when every slot is taken.
 - The answer comes within the asker's wait; a split that takes longer goes on, and asking again
@@ -16,6 +19,7 @@ the baskets the range needs are fetched), uploads it, keeps a copy to serve, and
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import multiprocessing
 import os
 import time
@@ -128,7 +132,9 @@ class OnDemand:
         self.slots = settings.edge_on_demand_slots
         self._running: dict[Span, asyncio.Task[Done]] = {}
         self._recent: OrderedDict[Span, tuple[float, Done]] = OrderedDict()
-        self._pool: ProcessPoolExecutor | None = None
+        #: One process per slot, started when first used; the slots in use.
+        self._pools: list[ProcessPoolExecutor | None] = [None] * self.slots
+        self._busy: set[int] = set()
         #: Splits started, for the edge's statistics and the tests.
         self.started = 0
         self.refused = 0
@@ -284,10 +290,14 @@ class OnDemand:
             from ess_splitter.remote import presign_s3
 
             url = await presign_s3(url, self.settings)
+        # The file's content, not its URL: the slot's process keeps what it fetched of it.
+        identity = f"{source.scope}:{source.lfn}:{source.size}:{source.adler32}"
+        slot = self._slot_for(identity)
+        self._busy.add(slot)
         loop = asyncio.get_running_loop()
         try:
             outcome = await loop.run_in_executor(
-                self._executor(),
+                self._executor(slot),
                 split_in_worker,
                 url,
                 first,
@@ -295,28 +305,40 @@ class OnDemand:
                 str(out),
                 source.n_events,
                 self.settings.split_compression,
-                # The file's content, not its URL: the pool process keeps what opening it read.
-                f"{source.scope}:{source.lfn}:{source.size}:{source.adler32}",
+                identity,
             )
         except BrokenProcessPool as exc:
-            self._pool = None
+            self._pools[slot] = None
             raise RetryableError("the on-demand split process died") from exc
+        finally:
+            self._busy.discard(slot)
         if len(outcome) == 2:
             _raise_failure(url, *outcome)
         return outcome
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
+    def _slot_for(self, identity: str) -> int:
+        """The file's own slot when it is free, else the first free one (there is one: no more
+        splits run than there are slots)."""
+        digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
+        own = int.from_bytes(digest, "big") % self.slots
+        if own not in self._busy:
+            return own
+        return next((n for n in range(self.slots) if n not in self._busy), own)
+
+    def _executor(self, slot: int) -> ProcessPoolExecutor:
+        pool = self._pools[slot]
+        if pool is None:
             # Spawned, not forked: the edge runs an event loop and threads.
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.slots, mp_context=multiprocessing.get_context("spawn")
+            pool = self._pools[slot] = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
             )
-        return self._pool
+        return pool
 
     async def close(self) -> None:
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
+        pools = [pool for pool in self._pools if pool is not None]
+        self._pools = [None] * self.slots
+        for pool in pools:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)

@@ -40,7 +40,7 @@ from ess_common.errors import NotFound, PermanentError, RetryableError, Unauthor
 from ess_common.settings import EssSettings
 from ess_splitter.rootsplit import RangeFile, RangeTarget, SplitError, plan_split, write_ranges
 
-__all__ = ["presign_s3", "split_range", "split_range_remote"]
+__all__ = ["forget_kept", "presign_s3", "split_range", "split_range_remote"]
 
 #: Seconds to connect, and to wait for any read, before the source counts as unreachable.
 CONNECT_TIMEOUT_S = 10.0
@@ -72,9 +72,10 @@ def split_range_remote(
     ``split_root_file`` (default: the source's, with whole source baskets copied). An
     ``s3://`` URL needs ``settings`` for the S3 endpoint and credentials. ``identity`` names
     the file's content (e.g. scope, LFN, size and adler32; never the URL, whose signature
-    changes): what opening it read is then kept in this process, and the next range of the
-    same file starts without fetching it again. Call from a thread without a running event
-    loop; ``split_range`` is the coroutine.
+    changes): what the split fetched is then kept in this process, and the next range of the
+    same file fetches neither the opening again nor the beginnings of baskets fetched already
+    (``_Kept``). Call from a thread without a running event loop; ``split_range`` is the
+    coroutine.
     """
     _check_range(first_event, last_event)
     if url.startswith("s3://"):
@@ -219,69 +220,86 @@ def _http_options(received: _Received) -> dict[str, Any]:
     }
 
 
-class _Metadata:
-    """What opening and planning a remote file read (its header, directory, streamers, TTree
-    records), kept in this process by the file's identity: the next range of the same file
-    is cut without fetching them again. Bounded: least recently used first out."""
+class _Kept:
+    """What splits of remote files fetched (the opening: header, directory, streamers, TTree
+    records; then the beginnings of baskets), kept in this process by the file's identity, as
+    byte runs from the positions asked for. A later range of the same file fetches only what
+    no earlier one did: nothing of the opening, and of a basket that an earlier range began
+    to inflate, only the bytes past what that range fetched. Bounded: least recently used
+    first out."""
 
     max_bytes = 256 * 1024 * 1024
 
     def __init__(self) -> None:
-        self.chunks: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self.runs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self.bytes = 0
         self.local = threading.local()
         self.lock = threading.Lock()
 
     @contextlib.contextmanager
-    def recording(self, identity: str | None) -> Iterator[None]:
+    def opening(self, identity: str | None) -> Iterator[None]:
+        """The file opened in this thread within the block is `identity`'s (uproot opens it
+        before its source can be told)."""
         self.local.identity = identity
         try:
             yield
         finally:
             self.local.identity = None
 
-    @property
-    def identity(self) -> str | None:
+    def opened(self) -> str | None:
         return getattr(self.local, "identity", None)
 
-    def get(self, start: int, stop: int) -> bytes | None:
-        identity = self.identity
-        if identity is None:
-            return None
+    def get(self, identity: str, start: int) -> bytes | None:
         with self.lock:
-            data = self.chunks.get((identity, start, stop))
+            data = self.runs.get((identity, start))
             if data is not None:
-                self.chunks.move_to_end((identity, start, stop))
+                self.runs.move_to_end((identity, start))
             return data
 
-    def put(self, start: int, stop: int, data: bytes) -> None:
-        identity = self.identity
-        if identity is None or len(data) > self.max_bytes // 4:
+    def put(self, identity: str, start: int, data: bytes) -> None:
+        if len(data) > self.max_bytes // 4:
             return
         with self.lock:
-            old = self.chunks.pop((identity, start, stop), None)
+            old = self.runs.pop((identity, start), None)
             self.bytes -= len(old) if old is not None else 0
-            self.chunks[(identity, start, stop)] = data
+            self.runs[(identity, start)] = data
             self.bytes += len(data)
             while self.bytes > self.max_bytes:
-                _, dropped = self.chunks.popitem(last=False)
+                _, dropped = self.runs.popitem(last=False)
                 self.bytes -= len(dropped)
 
 
-_METADATA = _Metadata()
+_KEPT = _Kept()
 
 
-class _MetadataCachingSource(uproot.source.fsspec.FSSpecSource):  # type: ignore[misc]
-    """uproot's fsspec source, answering the chunks of an opening from `_METADATA`."""
+def forget_kept() -> None:
+    """Drop what this process kept of remote files (`_Kept`)."""
+    with _KEPT.lock:
+        _KEPT.runs.clear()
+        _KEPT.bytes = 0
+
+
+class _KeptSource(uproot.source.fsspec.FSSpecSource):  # type: ignore[misc]
+    """uproot's fsspec source, answering from `_KEPT` what was fetched of the same file before
+    and fetching only the rest. Its `identity` is set once the file is open; while it opens,
+    the opening thread's."""
+
+    identity: str | None = None
 
     def chunk(self, start: int, stop: int) -> Any:
-        held = _METADATA.get(start, stop)
-        if held is not None:
-            future = uproot.source.futures.TrivialFuture(held)
-            return uproot.source.chunk.Chunk(self, start, stop, future)
-        found = super().chunk(start, stop)
-        _METADATA.put(start, stop, bytes(found.raw_data))
-        return found
+        identity = self.identity or _KEPT.opened()
+        if identity is None:
+            return super().chunk(start, stop)
+        held = _KEPT.get(identity, start) or b""
+        if len(held) >= stop - start:
+            data = held[: stop - start]
+        else:
+            rest = super().chunk(start + len(held), stop)
+            data = held + bytes(rest.raw_data)
+            _KEPT.put(identity, start, data)
+        return uproot.source.chunk.Chunk(
+            self, start, stop, uproot.source.futures.TrivialFuture(data)
+        )
 
 
 def _split(
@@ -296,10 +314,12 @@ def _split(
     identity: str | None = None,
 ) -> RangeFile:
     out_path = Path(out_path)
-    handler = uproot.source.fsspec.FSSpecSource if identity is None else _MetadataCachingSource
+    handler = uproot.source.fsspec.FSSpecSource if identity is None else _KeptSource
     options = {"handler": handler, **options}
-    with _METADATA.recording(identity):
+    with _KEPT.opening(identity):
         root_file = uproot.open(url, array_cache=None, **options)
+        if identity is not None:
+            root_file.file.source.identity = identity
         try:
             plan = plan_split(root_file, _public(url), n_events)
         except BaseException:

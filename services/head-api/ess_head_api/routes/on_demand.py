@@ -6,8 +6,9 @@ when none can take it the answer is 503 at once.
 
 Closest: the pilot's site, region or coordinates as for lookups; then the edges at the file's
 replica sites and regions (they read the source nearby); then any live edge. Within a tier the
-span picks the edge by rendezvous hashing, so identical asks meet at one edge and share its
-split.
+file picks the edge by rendezvous hashing: identical asks meet at one edge and share its split,
+and the ranges of one file go to the edge that keeps what it fetched of the file (its opening,
+the beginnings of its baskets), until it is busy and the next one takes them.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ async def candidate_edges(
     sites = {r.get("site") for r in replicas or []}
     regions = {r.get("region") for r in replicas or []} - {"", None}
     closest = {name for name, _ in hint.edges} if hint is not None else set()
-    span = f"{ask.scope}:{ask.lfn}:{ask.start_event}-{ask.last_event}"
+    file = f"{ask.scope}:{ask.lfn}"
 
     def order(edge: LiveEdge) -> tuple[int, bytes]:
         tier = (
@@ -86,7 +87,7 @@ async def candidate_edges(
             if edge.region in regions
             else 3
         )
-        return tier, bytes(255 - b for b in _rank(span, edge.name))
+        return tier, bytes(255 - b for b in _rank(file, edge.name))
 
     return [(e.name, e.url.rstrip("/")) for e in sorted(live, key=order)]
 
