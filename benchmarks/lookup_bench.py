@@ -7,8 +7,9 @@ the head API's trivial endpoint (`/healthz`) on the same server in the same run.
    events. A database already holding exactly that is reused (`--refill` forces a new fill).
 2. Starts the head API with uvicorn in a subprocess on 127.0.0.1 as `python -m ess_head_api`
    serves it (`--workers` processes, 2 by default; `ESS_HEAD_WORKERS` in production), with
-   bearer tokens on (the lookups carry a pilot token, as pilots do) and the signed URLs of the
-   local directory store or, with `--store s3`, presigned by the S3 client.
+   bearer tokens on (the lookups carry a pilot token, as pilots do) and the presigned URLs of
+   the S3 store, as deployed (the S3 server of `scripts/ensure-services.sh`), or with
+   `--store local` the HMAC-signed URLs of the local directory store.
 3. Drives it from this process with an async load generator (aiohttp, one keep-alive
    connection pool) on two endpoints, one after the other: `GET /v1/ranges` for a random
    range of a random file, and `GET /healthz`:
@@ -28,7 +29,7 @@ the head API's trivial endpoint (`/healthz`) on the same server in the same run.
 Everything runs on 127.0.0.1, each phase is bounded in time, the server is stopped at the end.
 
 Usage: ``python -m benchmarks.lookup_bench [--ranges 1000000] [--rate 2000] [--seconds 10]
-[--workers N] [--store local|s3] [--out docs/benchmarks/lookup.md]``.
+[--workers N] [--store s3|local] [--out docs/benchmarks/lookup.md]``.
 """
 
 from __future__ import annotations
@@ -605,9 +606,10 @@ def breakdown_lines(steps: Sequence[Step]) -> list[str]:
         "",
         f"- Of a lookup's {whole:.2f} ms, {core:.2f} ms ({core / whole:.0%}) is the range query "
         f"as the route makes it (a connection from the hot reads' pool and the query), which "
-        f"asyncpg alone does in {raw:.2f} ms; the remaining {whole - core:.2f} ms is the web "
-        "framework (routing, the token, the parameters, building and serialising the answer) "
-        f"and the signed URL, against {trivial:.2f} ms for the whole of `/healthz`.",
+        f"asyncpg alone does in {raw:.2f} ms; the remaining {whole - core:.2f} ms is the "
+        "request through the app (answered before routing, `lookup_shortcut`), the token, the "
+        "parameters, building and serialising the answer and the signed URL, against "
+        f"{trivial:.2f} ms for the whole of `/healthz`.",
         f"- A lookup costs {whole / trivial:.1f}x `/healthz` in the app, one at a time. Under "
         "load both are bound by the machine's CPU, shared by the workers, PostgreSQL and the "
         "load generator; per request, uvicorn's HTTP handling comes on top of both.",
@@ -732,7 +734,7 @@ def write_page(
         f"{shape.requests:,} requests, PostgreSQL on the same machine ({fill})",
         f"- server: the head API under uvicorn, {args.workers} worker process(es), bearer "
         f"tokens on (lookups carry a pilot token, `/healthz` is open), signed URLs of the "
-        f"{'S3 client (presigned)' if args.store == 's3' else 'local store (HMAC)'}",
+        f"{'S3 store (SigV4)' if args.store == 's3' else 'local store (HMAC)'}",
         f"- load: one aiohttp client process on the same machine, keep-alive connections; "
         f"max throughput with {args.connections} requests in flight for {args.seconds:g} s, "
         f"then a fixed offered rate of {args.rate:,}/s for {args.seconds:g} s (open loop: "
@@ -778,7 +780,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
     parser.add_argument("--breakdown-calls", type=int, default=1000)
-    parser.add_argument("--store", choices=["local", "s3"], default="local")
+    parser.add_argument("--store", choices=["s3", "local"], default="s3")
     parser.add_argument("--s3-endpoint-url", default="http://127.0.0.1:8080")
     parser.add_argument("--s3-access-key", default="test:tester")
     parser.add_argument("--s3-secret-key", default="testing")

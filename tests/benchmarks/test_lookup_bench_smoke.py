@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 from benchmarks.lookup_bench import run
 
 if TYPE_CHECKING:
-    from tests.conftest import PostgresServer
+    from tests.conftest import PostgresServer, S3Server
 
 
 @pytest.fixture
@@ -41,10 +41,17 @@ async def bench_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
 
 
 async def test_tiny_run_prints_and_writes_the_tables(
-    bench_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    bench_url: str, s3_server: S3Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    s3 = await s3_server.check()
     page = tmp_path / "lookup.md"
     argv = [
+        "--s3-endpoint-url",
+        s3.endpoint_url,
+        "--s3-access-key",
+        s3.access_key,
+        "--s3-secret-key",
+        s3.secret_key,
         "--database-url",
         bench_url,
         "--ranges",
@@ -75,9 +82,10 @@ async def test_tiny_run_prints_and_writes_the_tables(
         for phase in ("| healthz | max, 4 in flight |", "| lookup | 50/s offered |"):
             assert phase in output
         assert "lookup throughput / trivial endpoint throughput" in output
-        assert "| the range query alone (asyncpg, pooled connection) |" in output
+        assert "| the range query alone (asyncpg, one connection) |" in output
     assert "2,000 ranges in 40 files of 50 ranges" in text_
     assert "--ranges 2000" in text_
+    assert "signed URLs of the S3 store (SigV4)" in text_
     # Every lookup found its range: a wrong fill or query would show as errors.
     for line in text_.splitlines():
         if line.startswith("| lookup |"):
