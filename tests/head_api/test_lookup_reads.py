@@ -96,6 +96,39 @@ async def test_failed_ranges_of_a_batch_say_why_with_a_code(
     assert all(r["reason"] for r in results[1:])
 
 
+async def test_a_single_lookup_that_cannot_be_served_says_why_with_a_code(
+    head: Head, sessions: SessionMaker, tmp_path: Path
+) -> None:
+    await prepare(
+        sessions,
+        head.state.store,
+        tmp_path / "split",
+        key="task-single-codes",
+        lfn=LFN,
+        n_events=N_EVENTS,
+        events_per_range=100,
+    )
+    waiting = "EVNT.08716373._000072.pool.root.1"
+    await record(sessions, "task-single-waiting", waiting, N_EVENTS, 100)
+    asked = [
+        (waiting, 1, 10, 404, "not_prepared"),
+        ("EVNT.unknown.pool.root.1", 1, 10, 404, "unknown_file"),
+        (LFN, 990, N_EVENTS + 1, 422, "outside_file"),
+        (LFN, 20, 10, 422, "bad_range"),
+    ]
+    for lfn, start, last, status, code in asked:
+        params = {"scope": SCOPE, "LFN": lfn, "startEvent": start, "lastEvent": last}
+        response = await head.client.get("/v1/ranges", params=params)
+        assert response.status_code == status, response.text
+        assert response.json()["code"] == code, response.text
+        assert response.json()["detail"]
+    ok = {"scope": SCOPE, "LFN": LFN, "startEvent": 1, "lastEvent": 10}
+    assert (await head.client.get("/v1/ranges", params=ok)).status_code == 200
+    unknown_request = await head.client.get("/v1/requests/no-such-request")
+    assert unknown_request.status_code == 404
+    assert "code" not in unknown_request.json()
+
+
 async def test_positions_beyond_what_the_bookkeeping_holds_are_refused_before_looking(
     head: Head,
 ) -> None:

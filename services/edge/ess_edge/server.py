@@ -29,12 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from ess_common.cache_space import CacheSpace
 from ess_common.errors import (
     EssError,
-    Forbidden,
-    NotFound,
-    PermanentError,
-    RetryableError,
-    Unauthorized,
-    retry_after,
 )
 from ess_common.events import MAX_EVENT
 from ess_common.messaging.bus import Bus
@@ -49,6 +43,7 @@ from ess_common.ranges import (
     not_splittable_on_demand,
     range_result,
 )
+from ess_common.refusals import refusal
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore
 from ess_common.tokens import TokenBook
@@ -179,31 +174,13 @@ class RangeFileResponse(FileResponse):
     chunk_size = 1024 * 1024
 
 
-def _status(exc: EssError) -> int:
-    if isinstance(exc, Unauthorized):
-        return 401
-    if isinstance(exc, Forbidden):
-        return 403
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, PermanentError):
-        return 422
-    if isinstance(exc, RetryableError):
-        return 503
-    return 500
-
-
 def create_edge_app(state: EdgeState) -> FastAPI:
     app = FastAPI(title="ESS edge", summary="Event-range lookups and range files near the pilots")
     app.state.edge = state
 
     @app.exception_handler(EssError)
     async def ess_error(_: Request, exc: EssError) -> JSONResponse:
-        code = _status(exc)
-        headers = {"Retry-After": str(retry_after(exc))} if code == 503 else None
-        if code == 401:
-            headers = {"WWW-Authenticate": 'Bearer realm="ess"'}
-        return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+        return refusal(exc)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

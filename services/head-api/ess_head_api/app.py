@@ -16,17 +16,18 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 
 from ess_common.db.hot_reads import hot_reads
 from ess_common.db.session import engine_of
 from ess_common.errors import EssError
+from ess_common.ranges import RangeFailure
+from ess_common.refusals import refusal
 from ess_common.runtime import every
 from ess_head_api.auth import AUTH_RESPONSES, TokenBook, announce, authenticated
 from ess_head_api.lifecycle import expire
 from ess_head_api.lookup_shortcut import LookupShortcut
-from ess_head_api.refusals import refusal
 from ess_head_api.routes import (
     admin,
     edges,
@@ -44,9 +45,13 @@ from ess_head_api.state import HeadState
 
 
 class ErrorAnswer(BaseModel):
-    """What every refusal of ESS's own says: the reason, for a person to read."""
+    """What every refusal of ESS's own says: the reason, for a person to read; for a range
+    that cannot be served, also why, for a program (`ess_common.refusals`)."""
 
     detail: str
+    code: RangeFailure | None = Field(
+        default=None, description="present when a range cannot be served: why, as in a batch"
+    )
 
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorAnswer"}

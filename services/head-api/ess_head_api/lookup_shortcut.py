@@ -19,10 +19,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ess_common.errors import EssError
 from ess_common.events import MAX_EVENT
+from ess_common.refusals import refusal
 from ess_common.tokens import Role, TokenBook
 from ess_head_api.auth import LOOKERS
 from ess_head_api.lookup import PilotPlace, answer_json
-from ess_head_api.refusals import refusal
 
 PATH = "/v1/ranges"
 _ADMITTED = frozenset((*LOOKERS, Role.ADMIN))

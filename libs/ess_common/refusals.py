@@ -1,4 +1,6 @@
-"""ESS's own refusals (`EssError`) as HTTP answers: the status of each kind, and the answer."""
+"""ESS's own refusals (`EssError`) as HTTP answers, alike at the head and at the edges: the
+status of each kind, and the answer: the reason for a person to read and, for a range that
+cannot be served, its `code` for a program (as in a batch lookup's failed results)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from ess_common.errors import (
     Unauthorized,
     retry_after,
 )
+from ess_common.ranges import RangeFailure
 
 _STATUS: list[tuple[type[EssError], int]] = [
     (NotFound, 404),
@@ -38,4 +41,8 @@ def refusal(exc: EssError) -> JSONResponse:
     headers = {"Retry-After": str(retry_after(exc))} if code == 503 else None
     if code == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="ess"'}
-    return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+    body: dict[str, str] = {"detail": str(exc)}
+    failure = getattr(exc, "code", None)
+    if isinstance(failure, RangeFailure):
+        body["code"] = failure.value
+    return JSONResponse(body, status_code=code, headers=headers)
