@@ -117,12 +117,17 @@ async def test_a_single_lookup_that_cannot_be_served_says_why_with_a_code(
         (LFN, 20, 10, 422, "bad_range"),
     ]
     for lfn, start, last, status, code in asked:
-        params = {"scope": SCOPE, "LFN": lfn, "startEvent": start, "lastEvent": last}
+        params: dict[str, str | int] = {
+            "scope": SCOPE,
+            "LFN": lfn,
+            "startEvent": start,
+            "lastEvent": last,
+        }
         response = await head.client.get("/v1/ranges", params=params)
         assert response.status_code == status, response.text
         assert response.json()["code"] == code, response.text
         assert response.json()["detail"]
-    ok = {"scope": SCOPE, "LFN": LFN, "startEvent": 1, "lastEvent": 10}
+    ok: dict[str, str | int] = {"scope": SCOPE, "LFN": LFN, "startEvent": 1, "lastEvent": 10}
     assert (await head.client.get("/v1/ranges", params=ok)).status_code == 200
     unknown_request = await head.client.get("/v1/requests/no-such-request")
     assert unknown_request.status_code == 404
