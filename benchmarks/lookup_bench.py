@@ -18,8 +18,8 @@ the head API's trivial endpoint (`/healthz`) on the same server in the same run.
    - fixed offered rate: `--rate` requests per second for `--seconds`, each sent at its
      scheduled time whatever the previous ones did (open loop), its latency counted from that
      time, so a server or generator that falls behind shows in the latency.
-   A third lookup phase offers 70% of the lookups' measured maximum: the latency when the
-   server keeps up.
+   A third lookup phase offers 70% of the lookups' closed-loop maximum. Each phase also
+   records the share of the machine's CPU in use.
 4. Measures in this process, with no network and no load, what one lookup costs piece by
    piece: the query alone (asyncpg), the query as the route makes it (`find_pieces` on the
    hot reads' pool), the whole lookup through the app (in-process ASGI), and `/healthz` the
@@ -642,20 +642,21 @@ def _ms(value: float) -> str:
 def table(results: Sequence[Result]) -> list[str]:
     lines = [
         "| endpoint | load | requests | errors | unfinished | throughput req/s "
-        "| p50 ms | p99 ms | max ms |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| p50 ms | p99 ms | max ms | machine CPU in use |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
+        busy = "—" if r.cpu is None else f"{r.cpu.busy:.0%}"
         lines.append(
             f"| {r.endpoint} | {r.phase} | {r.done:,} | {r.errors:,} | {r.unfinished:,} "
             f"| {r.throughput:,.0f} | {_ms(r.percentile(0.5))} | {_ms(r.percentile(0.99))} "
-            f"| {_ms(max(r.latencies_ms, default=float('nan')))} |"
+            f"| {_ms(max(r.latencies_ms, default=float('nan')))} | {busy} |"
         )
     return lines
 
 
 def cpu_lines(results: Sequence[Result]) -> list[str]:
-    measured = [r for r in results if r.cpu is not None]
+    measured = [r for r in results if r.cpu is not None and r.offered is None]
     if not measured:
         return []
     lines = [
@@ -749,7 +750,11 @@ def write_page(
         *verdict(results, args.rate),
         "",
         "The load generator shares the machine's cores with the server and PostgreSQL, so "
-        "every number here is a lower bound of what the server alone would do.",
+        "every number here is a lower bound of what the server alone would do. Sending at a "
+        "fixed rate costs the generator more per request than keeping requests in flight (a "
+        "task and a timer each), so the machine's CPU runs out below the closed-loop maximum: "
+        "where the CPU column nears 100%, the tail latency is the wait for a core shared by "
+        "the server's workers, PostgreSQL and the generator.",
         "",
         "## What limits it",
         "",
@@ -858,12 +863,18 @@ async def drive(
     # The latency when the server keeps up: 70% of what the lookups reached at most. Before
     # the offered rate, which may overload the server and leave it a backlog.
     sustainable = max(1, round(0.7 * results[1].throughput))
-    print(f"lookup: {sustainable}/s offered ...", flush=True)
-    kept_up = await open_loop(session, "lookup", lookups, auth, sustainable, args.seconds)
+
+    async def offered(name: str, urls: list[str], rate: int) -> Result:
+        print(f"{name}: {rate}/s offered ...", flush=True)
+        before = cpu_sample(server.process.pid)
+        result = await open_loop(session, name, urls, auth, rate, args.seconds)
+        result.cpu = cpu_use(before, cpu_sample(server.process.pid), result.done)
+        return result
+
+    kept_up = await offered("lookup", lookups, sustainable)
     kept_up.phase += " (70% of its max)"
     for name, urls in (("healthz", trivial), ("lookup", lookups)):
-        print(f"{name}: {args.rate}/s offered ...", flush=True)
-        results.append(await open_loop(session, name, urls, auth, args.rate, args.seconds))
+        results.append(await offered(name, urls, args.rate))
     results.append(kept_up)
     return results, load_before
 
