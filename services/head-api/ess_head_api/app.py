@@ -9,15 +9,17 @@ its own for the pilots' lookups (`ess_common.db.hot_reads`).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ess_common.db.hot_reads import hot_reads
 from ess_common.db.session import engine_of
@@ -55,6 +57,9 @@ class ErrorAnswer(BaseModel):
 
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorAnswer"}
+#: Seconds a client waits before asking again when a server ESS needs is out of reach.
+UNAVAILABLE_RETRY_AFTER_S = 2
+log = structlog.get_logger("ess.head_api")
 
 
 def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +101,17 @@ def bad_value(exc: DBAPIError) -> bool:
     return False
 
 
+def unavailable(exc: BaseException) -> JSONResponse:
+    """A server ESS needs is out of reach (the database restarting or down, a connection cut
+    or refused): 503, to be asked again, as the OpenAPI document says of every `/v1` route."""
+    log.warning("server_unavailable", error=type(exc).__name__, reason=str(exc)[:300])
+    return JSONResponse(
+        {"detail": "a server ESS needs (its database or object store) is unavailable: ask again"},
+        status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+    )
+
+
 def create_app(state: HeadState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -133,15 +149,20 @@ def create_app(state: HeadState) -> FastAPI:
 
     @app.exception_handler(DBAPIError)
     async def database_refused(_: Request, exc: DBAPIError) -> JSONResponse:
-        if not bad_value(exc):
-            raise exc
-        return JSONResponse(
-            {
-                "detail": "a value of the request cannot be stored or looked up (a NUL "
-                "character, invalid Unicode, a number out of range or a text too long)"
-            },
-            status_code=422,
-        )
+        if bad_value(exc):
+            return JSONResponse(
+                {
+                    "detail": "a value of the request cannot be stored or looked up (a NUL "
+                    "character, invalid Unicode, a number out of range or a text too long)"
+                },
+                status_code=422,
+            )
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            return unavailable(exc)
+        raise exc
+
+    for unreachable in (ConnectionError, TimeoutError, socket.gaierror):
+        app.add_exception_handler(unreachable, lambda _, exc: unavailable(exc))
 
     for module in (requests, events, ranges, on_demand, files, edges, admin):
         app.include_router(
