@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from ess_common.errors import NotFound, PermanentError
-from ess_common.store.base import BadKey, ObjectStore, check_key, range_key
+from ess_common.store.base import BadKey, ObjectStore, attempts_prefix, check_key, range_key
 from ess_common.store.local import LocalStore, sign, verify
 from ess_common.store.s3 import S3Store
 from tests.helpers import eventually
@@ -41,6 +41,33 @@ async def test_put_then_get_size_download_delete(
     assert await store.size(KEY) is None
     with pytest.raises(NotFound):
         await store.get_bytes(KEY)
+
+
+async def test_delete_prefix_deletes_what_starts_with_it_and_nothing_else(
+    store: ObjectStore, source: Path
+) -> None:
+    prefix = attempts_prefix("mc15_13TeV", "EVNT.08716373._000060.pool.root.1", 100, 1)
+    doomed = [
+        range_key("mc15_13TeV", "EVNT.08716373._000060.pool.root.1", 100, 1, attempt, 1, 100)
+        for attempt in (1, 2, 10)
+    ]
+    doomed.append(doomed[0].replace("000000001-000000100", "000000101-000000200"))
+    kept = [
+        # Another file whose id starts alike, the same file split at another size, another LFN.
+        range_key("mc15_13TeV", "EVNT.08716373._000060.pool.root.1", 100, 12, 1, 1, 100),
+        range_key("mc15_13TeV", "EVNT.08716373._000060.pool.root.1", 50, 1, 1, 1, 50),
+        range_key("mc15_13TeV", "EVNT.08716373._000061.pool.root.1", 100, 1, 1, 1, 100),
+    ]
+    for key in doomed + kept:
+        await store.put_file(key, source)
+
+    assert await store.delete_prefix(prefix) == len(doomed)
+
+    assert [await store.size(key) for key in doomed] == [None] * len(doomed)
+    assert [await store.size(key) for key in kept] == [len(DATA)] * len(kept)
+    assert await store.delete_prefix(prefix) == 0
+    for key in kept:
+        await store.delete(key)
 
 
 @pytest.mark.parametrize(

@@ -35,11 +35,19 @@ from ess_common.events import (
     SplitDone,
     parse_event,
 )
-from ess_common.store.base import ObjectStore
+from ess_common.store.base import ObjectStore, range_key
 from ess_common.store.local import LocalStore
 from ess_head_api.lifecycle import expire
 from ess_notifier.service import Notifier
-from tests.head_api.support import EDGE, Head, file_entry, prepare, request_body, running_head
+from tests.head_api.support import (
+    EDGE,
+    SCOPE,
+    Head,
+    file_entry,
+    prepare,
+    request_body,
+    running_head,
+)
 
 LFNS = ("EVNT.01.pool.root.1", "EVNT.02.pool.root.1", "EVNT.03.pool.root.1")
 DAY = 24 * 3600.0
@@ -403,6 +411,18 @@ async def test_old_finished_requests_expire_with_their_range_files(
         open_id = await create(head, "life-open")
         cancelled_id = await create(head, "life-cancelled")
         assert (await head.client.post(f"/v1/requests/{cancelled_id}/cancel")).status_code == 200
+        # Objects no range row names: a late result of another attempt at the old file,
+        # and an upload of the cancelled request's work, stopped half way.
+        (cancelled_file,) = (await files_of(sessions, cancelled_id)).values()
+        unrecorded = tmp_path / "unrecorded.root"
+        unrecorded.write_bytes(b"an attempt that never counted")
+        stray = {
+            "old": range_key(SCOPE, "EVNT.06.pool.root.1", 100, old.file_id, 7, 1, 100),
+            "cancelled": range_key(SCOPE, cancelled_file.lfn, 100, cancelled_file.id, 1, 101, 200),
+            "recent": range_key(SCOPE, "EVNT.07.pool.root.1", 100, recent.file_id, 7, 1, 100),
+        }
+        for key in stray.values():
+            await store.put_file(key, unrecorded)
         for request_id in (old.request_id, open_id, cancelled_id):
             await age(sessions, request_id, 2 * DAY)
         await age(sessions, recent.request_id, DAY / 2)
@@ -425,6 +445,9 @@ async def test_old_finished_requests_expire_with_their_range_files(
             assert await store.size(r.key) is None, r.key
         for r in recent.ranges:
             assert await store.size(r.key) == r.size
+        assert await store.size(stray["old"]) is None
+        assert await store.size(stray["cancelled"]) is None
+        assert await store.size(stray["recent"]) == unrecorded.stat().st_size
         async with sessions() as session:
             left = set((await session.scalars(select(Request.id))).all())
             assert left == {recent.request_id, open_id}

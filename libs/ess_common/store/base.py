@@ -22,13 +22,18 @@ def check_key(key: str) -> str:
     return key
 
 
+def attempts_prefix(scope: str, lfn: str, events_per_range: int, file_id: int) -> str:
+    """The prefix of the keys of every attempt at a request's file (`range_key`): what expiring
+    the request deletes, the objects of attempts that never reported included."""
+    return check_key(f"ranges/{scope}/{lfn}/e{events_per_range}/f{file_id}.a")
+
+
 def range_key(
     scope: str, lfn: str, events_per_range: int, file_id: int, attempt: int, first: int, last: int
 ) -> str:
     """Where a range file lives. The same assignment always writes the same key."""
-    return check_key(
-        f"ranges/{scope}/{lfn}/e{events_per_range}/f{file_id}.a{attempt}/{first:09d}-{last:09d}.root"
-    )
+    prefix = attempts_prefix(scope, lfn, events_per_range, file_id)
+    return check_key(f"{prefix}{attempt}/{first:09d}-{last:09d}.root")
 
 
 def on_demand_key(scope: str, lfn: str, first: int, last: int) -> str:
@@ -53,6 +58,10 @@ class ObjectStore(Protocol):
         """The object's size, or None when it does not exist."""
 
     async def delete(self, key: str) -> None: ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with `prefix` (a checked key, which may end
+        inside a name); returns how many were deleted."""
 
     async def signed_url(self, key: str, ttl_s: int) -> str:
         """A URL anyone may GET until it expires, made now."""

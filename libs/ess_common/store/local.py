@@ -85,6 +85,27 @@ class LocalStore:
     async def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
+    async def delete_prefix(self, prefix: str) -> int:
+        return await asyncio.to_thread(self._delete_prefix, self.path(prefix))
+
+    def _delete_prefix(self, path: Path) -> int:
+        deleted = 0
+        if not path.parent.is_dir():
+            return 0
+        for entry in path.parent.iterdir():
+            if not entry.name.startswith(path.name):
+                continue
+            if entry.is_dir():
+                files = [f for f in entry.rglob("*") if f.is_file()]
+                for found in files:
+                    found.unlink(missing_ok=True)
+                deleted += len(files)
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+                deleted += 1
+        return deleted
+
     async def signed_url(self, key: str, ttl_s: int) -> str:
         check_key(key)
         expires = int(time.time()) + ttl_s

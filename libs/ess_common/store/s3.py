@@ -153,6 +153,15 @@ class S3Store:
     async def delete(self, key: str) -> None:
         await self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    async def delete_prefix(self, prefix: str) -> int:
+        deleted = 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for found in page.get("Contents", []):
+                await self.client.delete_object(Bucket=self.bucket, Key=found["Key"])
+                deleted += 1
+        return deleted
+
     async def signed_url(self, key: str, ttl_s: int) -> str:
         if self._presigner is not None:
             return self._presigner.url(self._key(key), ttl_s)

@@ -14,7 +14,9 @@ again and its error cleared. The notices of the failure that was retried are kep
 
 Expiry: a request that has been ready, failed or cancelled for longer than
 `HeadSettings.request_ttl_s` is deleted: its range files from the object store, then its
-rows (ranges, files, notifications, the request), in batches, each batch its own transaction.
+rows (ranges, files, notifications, the request), in batches, each batch its own transaction;
+then every object under its files' keys (`attempts_prefix`), of attempts whose results never
+counted (late, failed or cancelled half way) included.
 Deleted, not marked: the data is gone, so a resubmission under the same idempotency key must
 make a new request that prepares the dataset again, rather than find an empty one.
 """
@@ -40,7 +42,7 @@ from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import Conflict, NotFound
 from ess_common.events import RequestCancelled
 from ess_common.messaging.outbox import add_event
-from ess_common.store.base import ObjectStore
+from ess_common.store.base import ObjectStore, attempts_prefix
 
 log = structlog.get_logger("ess.head_api.lifecycle")
 
@@ -221,6 +223,18 @@ async def _delete_request(
                 .where(Range.id.in_([range_id for range_id, _ in rows]))
                 .execution_options(synchronize_session=False)
             )
+    async with sessions() as session:
+        files = (
+            await session.execute(
+                select(File.id, File.scope, File.lfn, Request.events_per_range)
+                .join(Request, Request.id == File.request_id)
+                .where(File.request_id == request_id)
+            )
+        ).all()
+    # What attempts left that no range row names: an edge's result that came too late, the
+    # uploads of an attempt that failed or was cancelled half way.
+    for file_id, scope, lfn, events_per_range in files:
+        await store.delete_prefix(attempts_prefix(scope, lfn, events_per_range, file_id))
     async with unit_of_work(sessions) as session:
         if not await _still_expired(session, request_id, cutoff):
             return False
