@@ -161,7 +161,7 @@ def test_stale_pins_and_reservations_of_dead_processes_are_forgotten(tmp_path: P
 
 
 _RESERVER = """
-import sys, time
+import signal, sys
 from pathlib import Path
 from ess_common.cache_space import CacheSpace, SpaceRefused
 space = CacheSpace(Path(sys.argv[1]), int(sys.argv[2]))
@@ -174,7 +174,7 @@ for _ in range(20):
         pass
 print(got)
 sys.stdout.flush()
-time.sleep(30)  # reservations live as long as their process
+signal.pause()  # reservations live as long as their process: until it is killed
 """
 
 

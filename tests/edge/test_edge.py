@@ -188,7 +188,7 @@ async def test_supervisor_restarts_a_child_that_exits() -> None:
 
 
 async def test_stop_terminates_a_running_child() -> None:
-    child = python("import time; time.sleep(60)")
+    child = python("import signal; signal.pause()")
     child.start()
     await eventually(lambda: child.process is not None, message="child started")
     assert child.process is not None
@@ -203,7 +203,7 @@ async def test_stop_terminates_a_running_child() -> None:
 async def test_edge_stop_stops_its_workers(tmp_path: Path) -> None:
     bus = MemoryBus("ess-edge-test")
     await bus.start()
-    children = [python("import time; time.sleep(60)") for _ in range(2)]
+    children = [python("import signal; signal.pause()") for _ in range(2)]
     edge = Edge(edge_settings(tmp_path), bus, children)
     await edge.start()
     try:
