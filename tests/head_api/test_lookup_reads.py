@@ -57,20 +57,28 @@ def panda(n: int, start: int, last: int, lfn: str = LFN) -> dict[str, Any]:
     }
 
 
-async def test_failed_ranges_of_a_batch_say_why_with_a_code(
-    head: Head, sessions: SessionMaker, tmp_path: Path
-) -> None:
+async def prepared_and_waiting(
+    head: Head, sessions: SessionMaker, tmp_path: Path, key: str, number: str
+) -> str:
+    """`LFN` prepared, and another file recorded but not split yet; returns the latter's LFN."""
     await prepare(
         sessions,
         head.state.store,
         tmp_path / "split",
-        key="task-codes",
+        key=key,
         lfn=LFN,
         n_events=N_EVENTS,
         events_per_range=100,
     )
-    waiting = "EVNT.08716373._000071.pool.root.1"
-    await record(sessions, "task-waiting", waiting, N_EVENTS, 100)
+    waiting = f"EVNT.08716373._{number}.pool.root.1"
+    await record(sessions, f"{key}-waiting", waiting, N_EVENTS, 100)
+    return waiting
+
+
+async def test_failed_ranges_of_a_batch_say_why_with_a_code(
+    head: Head, sessions: SessionMaker, tmp_path: Path
+) -> None:
+    waiting = await prepared_and_waiting(head, sessions, tmp_path, "task-codes", "000071")
     asked = [
         panda(1, 101, 150),
         panda(2, 1, 10, lfn=waiting),
@@ -99,17 +107,7 @@ async def test_failed_ranges_of_a_batch_say_why_with_a_code(
 async def test_a_single_lookup_that_cannot_be_served_says_why_with_a_code(
     head: Head, sessions: SessionMaker, tmp_path: Path
 ) -> None:
-    await prepare(
-        sessions,
-        head.state.store,
-        tmp_path / "split",
-        key="task-single-codes",
-        lfn=LFN,
-        n_events=N_EVENTS,
-        events_per_range=100,
-    )
-    waiting = "EVNT.08716373._000072.pool.root.1"
-    await record(sessions, "task-single-waiting", waiting, N_EVENTS, 100)
+    waiting = await prepared_and_waiting(head, sessions, tmp_path, "task-single", "000072")
     asked = [
         (waiting, 1, 10, 404, "not_prepared"),
         ("EVNT.unknown.pool.root.1", 1, 10, 404, "unknown_file"),
