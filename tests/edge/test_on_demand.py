@@ -282,6 +282,47 @@ async def test_the_ranges_of_one_file_go_to_its_own_slot_while_it_is_free(rig: R
     assert on_demand._slot_for(files[0]) not in on_demand._busy
 
 
+async def test_a_slot_that_has_not_opened_the_file_is_handed_the_opening(rig: Rig) -> None:
+    """A file's range that goes to another slot (its own is busy) fetches no opening again."""
+
+    def two_slots() -> OnDemand:
+        return OnDemand(
+            rig.state.settings.model_copy(update={"edge_on_demand_slots": 2}),
+            store=rig.state.store,
+            space=rig.state.space,
+            objects=rig.state.objects,
+            bus=None,
+            http=rig.state.on_demand.http,
+        )
+
+    source = rig.source
+    identity = f"{SCOPE}:{LFN}:{source.stat().st_size}:{adler32_of_file(source)}"
+    handing, cold = two_slots(), two_slots()
+    try:
+        own = handing._slot_for(identity)
+        assert await handing.split((SCOPE, LFN, 1, 100), 60) is not None
+        for on_demand in (handing, cold):
+            on_demand._busy.add(own)
+        handed = await handing.split((SCOPE, LFN, 401, 500), 60)
+        assert handed is not None and handed.local is not None
+        events = _events(handed.local)
+        fresh = await cold.split((SCOPE, LFN, 401, 500), 60)
+        assert fresh is not None and fresh.local is not None
+        assert _events(fresh.local) == events
+    finally:
+        await handing.close()
+        await cold.close()
+    opening = handing.openings.runs.get(identity)
+    if isinstance(rig.state.store, S3Store):
+        assert opening is not None
+        assert identity in handing.openings.held[1 - own]
+        opened = sum(len(data) for _, data in opening)
+        assert 0 < handed.fetched_bytes <= fresh.fetched_bytes - opened + 1024
+    else:
+        # A file:// replica is read from a file system the edge mounts: nothing is kept.
+        assert opening is None
+
+
 async def test_a_split_longer_than_the_wait_answers_202_then_the_result(rig: Rig) -> None:
     rig.to_head.gate.clear()
     pending = await rig.ask(500, 600, wait=0)

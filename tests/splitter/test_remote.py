@@ -19,7 +19,13 @@ from ess_common.errors import NotFound, PermanentError, RetryableError
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore
 from ess_common.store.s3 import S3Store
-from ess_splitter.remote import split_range, split_range_remote
+from ess_splitter.remote import (
+    forget_kept,
+    keep_opening,
+    kept_opening,
+    split_range,
+    split_range_remote,
+)
 from ess_splitter.rootsplit import SplitError, split_root_file
 from tests.helpers import S3Settings
 from tests.splitter.test_faithful_corpus import data
@@ -292,3 +298,30 @@ async def test_the_next_range_of_a_basket_fetches_only_what_the_earlier_did_not(
     assert kept[-1] < cold / 3
     # All six together fetched about what the sixth alone does.
     assert sum(kept[1:]) < 1.5 * cold
+
+
+async def test_an_opening_handed_to_another_process_is_not_fetched_again(
+    http_root: tuple[str, Path], ntuple: Path, tmp_path: Path
+) -> None:
+    """What `kept_opening` gives is enough for `keep_opening` elsewhere (here: after the keep is
+    forgotten) to split any range of the file without fetching its opening."""
+    base, _ = http_root
+    url = f"{base}/ntuple.root"
+    identity = f"user.ess:ntuple.root:{ntuple.stat().st_size}:handed"
+    forget_kept()
+    assert kept_opening(identity) is None
+    _, cold = await split_range(url, 1, 2000, tmp_path / "cold.root", identity=identity)
+    runs = kept_opening(identity)
+    assert runs is not None and runs[0][0] == 0
+
+    forget_kept()
+    keep_opening(identity, runs)
+    out = tmp_path / "handed.root"
+    _, handed = await split_range(url, FIRST, LAST, out, identity=identity)
+    assert_range_of(ntuple, out, FIRST, LAST)
+
+    forget_kept()
+    _, fresh = await split_range(url, FIRST, LAST, tmp_path / "fresh.root", identity=identity)
+    opening = sum(len(data) for _, data in runs)
+    assert 0 < handed <= fresh - opening + 1024
+    assert cold > 0

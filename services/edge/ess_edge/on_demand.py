@@ -7,7 +7,8 @@ the baskets the range needs are fetched), uploads it, keeps a copy to serve, and
   refused at once (`Busy`: HTTP 503 with Retry-After), never queued.
 - A slot's process keeps what its splits fetched of each file (the opening, the beginnings of
   baskets); the ranges of one file go to the same slot whenever it is free, so that a range
-  following another fetches only what lies past it.
+  following another fetches only what lies past it. A slot that has not opened the file is
+  handed the opening another slot read (`ess_edge.openings`).
 - Identical asks share one split: whoever asks for a span being split waits for that split,
   even when every slot is taken.
 - The answer comes within the asker's wait; a split that takes longer goes on, and asking again
@@ -43,6 +44,7 @@ from ess_common.ranges import Answer, RangeEntry
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, on_demand_key
 from ess_edge.objects import ObjectCache
+from ess_edge.openings import Openings, Runs
 
 log = structlog.get_logger("ess.edge.on_demand")
 
@@ -76,14 +78,26 @@ class Done:
 
 
 def split_in_worker(
-    url: str, first: int, last: int, out: str, n_events: int, compression: str, identity: str
-) -> tuple[int, str, int] | tuple[str, str]:
-    """In a pool process: split one range; returns its size, adler32 and the bytes fetched, or
-    the kind of failure and its reason (ESS's errors do not all survive pickling)."""
+    url: str,
+    first: int,
+    last: int,
+    out: str,
+    n_events: int,
+    compression: str,
+    identity: str,
+    opening: Runs | None = None,
+    give_opening: bool = False,
+) -> tuple[int, str, int, Runs | None] | tuple[str, str]:
+    """In a pool process: split one range; returns its size, adler32, the bytes fetched and,
+    when `give_opening`, the file's opening as read; or the kind of failure and its reason
+    (ESS's errors do not all survive pickling). `opening` is the file's opening as another
+    slot read it: kept here first, so that the source is not asked for it."""
     from ess_splitter.compression import parse_compression
-    from ess_splitter.remote import split_range_remote
+    from ess_splitter.remote import keep_opening, kept_opening, split_range_remote
     from ess_splitter.treelayout import SplitError
 
+    if opening:
+        keep_opening(identity, opening)
     try:
         written, fetched = split_range_remote(
             url,
@@ -100,7 +114,7 @@ def split_in_worker(
         return "permanent", str(exc)
     except Exception as exc:
         return "retryable", f"{type(exc).__name__}: {exc}"
-    return written.size, written.adler32, fetched
+    return written.size, written.adler32, fetched, kept_opening(identity) if give_opening else None
 
 
 def _raise_failure(url: str, kind: str, reason: str) -> NoReturn:
@@ -135,6 +149,7 @@ class OnDemand:
         #: One process per slot, started when first used; the slots in use.
         self._pools: list[ProcessPoolExecutor | None] = [None] * self.slots
         self._busy: set[int] = set()
+        self.openings = Openings(self.slots)
         #: Splits started, for the edge's statistics and the tests.
         self.started = 0
         self.refused = 0
@@ -293,6 +308,7 @@ class OnDemand:
         # The file's content, not its URL: the slot's process keeps what it fetched of it.
         identity = f"{source.scope}:{source.lfn}:{source.size}:{source.adler32}"
         slot = self._slot_for(identity)
+        opening, give_opening = self.openings.to_hand(slot, identity)
         self._busy.add(slot)
         loop = asyncio.get_running_loop()
         try:
@@ -306,15 +322,20 @@ class OnDemand:
                 source.n_events,
                 self.settings.split_compression,
                 identity,
+                opening,
+                give_opening,
             )
         except BrokenProcessPool as exc:
             self._pools[slot] = None
+            self.openings.lost(slot)
             raise RetryableError("the on-demand split process died") from exc
         finally:
             self._busy.discard(slot)
         if len(outcome) == 2:
             _raise_failure(url, *outcome)
-        return outcome
+        size, adler32, fetched, read = outcome
+        self.openings.split(slot, identity, read)
+        return size, adler32, fetched
 
     def _slot_for(self, identity: str) -> int:
         """The file's own slot when it is free, else the first free one (there is one: no more

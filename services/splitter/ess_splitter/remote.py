@@ -40,7 +40,14 @@ from ess_common.errors import NotFound, PermanentError, RetryableError, Unauthor
 from ess_common.settings import EssSettings
 from ess_splitter.rootsplit import RangeFile, RangeTarget, SplitError, plan_split, write_ranges
 
-__all__ = ["forget_kept", "presign_s3", "split_range", "split_range_remote"]
+__all__ = [
+    "forget_kept",
+    "keep_opening",
+    "kept_opening",
+    "presign_s3",
+    "split_range",
+    "split_range_remote",
+]
 
 #: Seconds to connect, and to wait for any read, before the source counts as unreachable.
 CONNECT_TIMEOUT_S = 10.0
@@ -229,25 +236,55 @@ class _Kept:
     first out."""
 
     max_bytes = 256 * 1024 * 1024
+    #: Files whose opening runs are remembered (`openings`).
+    max_openings = 4096
 
     def __init__(self) -> None:
         self.runs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self.bytes = 0
+        #: Where the runs of each file's opening start, in the order they were read.
+        self.openings: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self.local = threading.local()
         self.lock = threading.Lock()
 
     @contextlib.contextmanager
-    def opening(self, identity: str | None) -> Iterator[None]:
+    def opening(self, identity: str | None) -> Iterator[list[int]]:
         """The file opened in this thread within the block is `identity`'s (uproot opens it
-        before its source can be told)."""
+        before its source can be told); yields the starts of the runs read meanwhile."""
+        starts: list[int] = []
         self.local.identity = identity
+        self.local.starts = starts
         try:
-            yield
+            yield starts
         finally:
             self.local.identity = None
+            self.local.starts = None
 
     def opened(self) -> str | None:
         return getattr(self.local, "identity", None)
+
+    def read_at(self, start: int) -> None:
+        """A run at `start` was read while opening a file in this thread."""
+        starts = getattr(self.local, "starts", None)
+        if starts is not None:
+            starts.append(start)
+
+    def opened_with(self, identity: str, starts: list[int]) -> None:
+        with self.lock:
+            self.openings[identity] = tuple(dict.fromkeys(starts))
+            self.openings.move_to_end(identity)
+            while len(self.openings) > self.max_openings:
+                self.openings.popitem(last=False)
+
+    def opening_runs(self, identity: str) -> list[tuple[int, bytes]] | None:
+        with self.lock:
+            starts = self.openings.get(identity)
+            if starts is None:
+                return None
+            runs = [(start, self.runs.get((identity, start))) for start in starts]
+        if any(data is None for _, data in runs):
+            return None
+        return [(start, data) for start, data in runs if data is not None]
 
     def get(self, identity: str, start: int) -> bytes | None:
         with self.lock:
@@ -276,7 +313,22 @@ def forget_kept() -> None:
     """Drop what this process kept of remote files (`_Kept`)."""
     with _KEPT.lock:
         _KEPT.runs.clear()
+        _KEPT.openings.clear()
         _KEPT.bytes = 0
+
+
+def kept_opening(identity: str) -> list[tuple[int, bytes]] | None:
+    """The byte runs of the opening of `identity`'s file (its header, directory, streamers and
+    TTree records, as a split read them) that this process keeps, or None. Another process
+    given them (`keep_opening`) splits ranges of the file without fetching its opening."""
+    return _KEPT.opening_runs(identity)
+
+
+def keep_opening(identity: str, runs: list[tuple[int, bytes]]) -> None:
+    """Keep `runs` (from `kept_opening` in another process) as the opening of `identity`'s file."""
+    for start, data in runs:
+        _KEPT.put(identity, start, data)
+    _KEPT.opened_with(identity, [start for start, _ in runs])
 
 
 class _KeptSource(uproot.source.fsspec.FSSpecSource):  # type: ignore[misc]
@@ -290,6 +342,7 @@ class _KeptSource(uproot.source.fsspec.FSSpecSource):  # type: ignore[misc]
         identity = self.identity or _KEPT.opened()
         if identity is None:
             return super().chunk(start, stop)
+        _KEPT.read_at(start)
         held = _KEPT.get(identity, start) or b""
         if len(held) >= stop - start:
             data = held[: stop - start]
@@ -316,7 +369,7 @@ def _split(
     out_path = Path(out_path)
     handler = uproot.source.fsspec.FSSpecSource if identity is None else _KeptSource
     options = {"handler": handler, **options}
-    with _KEPT.opening(identity):
+    with _KEPT.opening(identity) as starts:
         root_file = uproot.open(url, array_cache=None, **options)
         if identity is not None:
             root_file.file.source.identity = identity
@@ -325,6 +378,8 @@ def _split(
         except BaseException:
             root_file.close()
             raise
+        if identity is not None:
+            _KEPT.opened_with(identity, starts)
     with root_file:
         if last_event > plan.n_events:
             raise SplitError(
