@@ -100,12 +100,21 @@ class Layout:
     def ratio(self, row: Row) -> float:
         return row.fetched / self.share(row.case)
 
+    def least(self, row: Row) -> float:
+        """The least any reader fetches for the range: opening the file (unless kept) and the
+        beginnings of its baskets up to its end (``basket_prefixes``)."""
+        opening = 0.0 if row.case.kept else float(self.opening.fetched)
+        return opening + basket_prefixes(self.source.path, row.case)
+
 
 def basket_prefixes(source: Path, case: Case) -> float:
     """Compressed bytes from the start of each basket holding the range to the range's end,
-    if the compression were uniform within a basket: the least any reader must fetch."""
+    if the compression were uniform within a basket: the least any reader must fetch of the
+    baskets. For a range that follows an earlier one, only what lies past the earlier range's
+    end (the rest was fetched for it)."""
     import uproot
 
+    held = case.earlier[1] if case.follows and case.earlier is not None else 0
     total = 0.0
     with uproot.open(source) as root_file:
         for branch in root_file[TREE].branches:
@@ -114,8 +123,8 @@ def basket_prefixes(source: Path, case: Case) -> float:
                 start, stop = offsets[number], offsets[number + 1]
                 if stop < case.first or start >= case.last:
                     continue
-                needed = min(stop, case.last) - start
-                total += branch.basket_compressed_bytes(number) * needed / (stop - start)
+                needed = min(stop, case.last) - max(start, held)
+                total += branch.basket_compressed_bytes(number) * max(needed, 0) / (stop - start)
     return total
 
 

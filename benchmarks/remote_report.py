@@ -27,15 +27,18 @@ TARGET_FETCHED_RATIO = 3.0
 def table(layout: Layout) -> str:
     lines = [
         "| range | events | seconds (median) | bytes fetched | range's share of the input "
-        "| fetched / share | range file bytes | runs (s) |",
-        "|---|---|--:|--:|--:|--:|--:|---|",
+        "| fetched / share | least a reader fetches | fetched / least | range file bytes "
+        "| runs (s) |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in layout.rows:
         share = layout.share(row.case)
+        least = layout.least(row)
         runs = ", ".join(f"{s.seconds:.3f}" for s in row.samples)
         lines.append(
             f"| {row.case.name} | {row.case.first:,} to {row.case.last:,} | {row.seconds:.3f} "
             f"| {row.fetched / MB:.3f} MB | {share / MB:.3f} MB | {row.fetched / share:.1f} "
+            f"| {least / MB:.3f} MB | {row.fetched / least:.2f} "
             f"| {row.range_bytes / MB:.3f} MB | {runs} |"
         )
     return "\n".join(lines)
@@ -78,7 +81,12 @@ def page(
         "what the range needs. Bytes fetched are the HTTP response bodies received, counted by "
         "an aiohttp trace as they arrive. The range's share is the input size times the range's "
         "fraction of the events: what the range's events occupy, compressed, in the source, "
-        "the file's own overhead spread over all events. MB = 10⁶ bytes.",
+        "the file's own overhead spread over all events. The least a reader fetches is what "
+        "any reader of the file must: opening it (as measured alone, unless kept from an "
+        "earlier range) and, of every branch, the stored bytes from the start of each basket "
+        "holding the range to the range's end (of a basket the range before it began, from "
+        "that range's end), taking the compression as uniform within a basket. "
+        "MB = 10⁶ bytes.",
         "",
         f"## Results (median of {repeat} run{'s' if repeat != 1 else ''})",
         "",
@@ -108,7 +116,21 @@ def page(
         "'opening kept', after the file's first range) nor, when it follows an earlier range "
         "into the same baskets, their beginnings again, only what lies past the earlier "
         "range's end (the rows 'after the range before it', as when pilots ask for a file's "
-        "ranges in turn).",
+        "ranges in turn). An edge hands the opening one of its on-demand slots read to the "
+        "others, so the file's ranges on any slot fetch it once.",
+        "",
+        "Half a basket on, no reader of the file can fetch less than the beginnings of its "
+        "baskets (the column 'least a reader fetches'). A DEFLATE stream can only be entered "
+        "where one of its blocks begins, with the 32 KiB of output before it: zlib at level 1 "
+        "ends a block every 16,383 symbols (`lit_bufsize - 1`, at its default memory level), "
+        "so at least 16 KB of output, over 4,000 events of a 4-byte branch. An index of "
+        "entry points kept beside the file (built by inflating every basket once) would "
+        "still cost, for every branch, the output from the block's start to the range's "
+        "(half a block on average) and a window of up to 32 KiB: for a 4-byte branch, several "
+        "times its part of the range. The target is reached at a basket start and for ranges "
+        "that follow one another; a single range in the middle of large DEFLATE baskets is "
+        "bounded by the format, and the splitter stays within the margin of its estimate of "
+        "that bound (the column 'fetched / least').",
         "",
         *(_limit(layout) for layout in layouts),
         _targets(layouts),
