@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from urllib.parse import unquote
@@ -68,6 +69,34 @@ async def test_delete_prefix_deletes_what_starts_with_it_and_nothing_else(
     assert await store.delete_prefix(prefix) == 0
     for key in kept:
         await store.delete(key)
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+@pytest.mark.parametrize("one_by_one", [False, True], ids=["batched", "one-by-one"])
+async def test_s3_deletes_more_objects_than_one_listing_holds(
+    store: ObjectStore, source: Path, one_by_one: bool
+) -> None:
+    """Listings and multi-object deletes hold 1,000 keys: a prefix with more takes several
+    of each (and a server without multi-object delete gets one request per object)."""
+    assert isinstance(store, S3Store)
+    store._one_by_one = one_by_one
+    prefix = f"bulk-{one_by_one:d}"
+    count = 1_003 if not one_by_one else 25
+    keys = [f"{prefix}/{n:05d}.root" for n in range(count)]
+    limit = asyncio.Semaphore(16)
+
+    async def put(key: str) -> None:
+        async with limit:
+            await store.put_file(key, source)
+
+    await asyncio.gather(*(put(key) for key in keys))
+    await store.put_file("bulk-kept/00000.root", source)
+
+    assert await store.delete_prefix(prefix) == count
+    assert await store.size(keys[0]) is None and await store.size(keys[-1]) is None
+    assert await store.delete_prefix(prefix) == 0
+    assert await store.size("bulk-kept/00000.root") == len(DATA)
+    await store.delete("bulk-kept/00000.root")
 
 
 @pytest.mark.parametrize(

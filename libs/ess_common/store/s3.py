@@ -7,6 +7,8 @@ checked when the store starts), else by botocore.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,21 @@ from ess_common.store.presign import Presigner
 log = structlog.get_logger("ess.store.s3")
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+#: What a server without multi-object delete answers it.
+_NO_MULTI_DELETE = {"NotImplemented", "MethodNotAllowed", "501", "405"}
 
 
 def _missing(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code")) in _MISSING
+
+
+def _content_md5(params: dict[str, Any], **_: Any) -> None:
+    """Give a multi-object delete the Content-MD5 that S3 requires of it: botocore sends a
+    CRC32 checksum instead, which servers such as Swift's s3api do not accept."""
+    body = params.get("body")
+    if isinstance(body, bytes | bytearray):
+        digest = hashlib.md5(body, usedforsecurity=False).digest()
+        params["headers"]["Content-MD5"] = base64.b64encode(digest).decode()
 
 
 class S3Store:
@@ -51,6 +64,7 @@ class S3Store:
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._presigner: Presigner | None = None
+        self._one_by_one = False
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -81,6 +95,7 @@ class S3Store:
                 config=config,
             )
         )
+        self._client.meta.events.register("before-call.s3.DeleteObjects", _content_md5)
         if self.access_key and self.secret_key:
             self._presigner = await Presigner.matching(
                 self._client, self.bucket, self.access_key, self.secret_key
@@ -154,13 +169,40 @@ class S3Store:
         await self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix`, up to a thousand in one request (a server
+        without multi-object delete gets one request per object)."""
         deleted = 0
         paginator = self.client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            for found in page.get("Contents", []):
-                await self.client.delete_object(Bucket=self.bucket, Key=found["Key"])
-                deleted += 1
+            keys = [str(found["Key"]) for found in page.get("Contents", [])]
+            if keys:
+                deleted += await self._delete_keys(keys)
         return deleted
+
+    async def _delete_keys(self, keys: list[str]) -> int:
+        if self._one_by_one:
+            for key in keys:
+                await self.client.delete_object(Bucket=self.bucket, Key=key)
+            return len(keys)
+        try:
+            response = await self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+            )
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) not in _NO_MULTI_DELETE:
+                raise
+            log.info("s3.multi_delete_unsupported", endpoint=self.endpoint_url)
+            self._one_by_one = True
+            return await self._delete_keys(keys)
+        failed = [e for e in response.get("Errors", []) if str(e.get("Code")) not in _MISSING]
+        if failed:
+            first = failed[0]
+            raise RetryableError(
+                f"{len(failed)} of {len(keys)} objects were not deleted; "
+                f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip()
+            )
+        return len(keys)
 
     async def signed_url(self, key: str, ttl_s: int) -> str:
         if self._presigner is not None:
