@@ -7,6 +7,8 @@
 #   RabbitMQ    :5672  guest/guest
 #   S3          :8080  OpenStack Swift + s3api, access key test:tester, secret testing,
 #                      region us-east-1, with memcached on :11211
+#   XRootD      :1094  root://127.0.0.1:1094//PATH serves $ESS_STATE_DIR/xrootd/data/PATH,
+#                      read-only, to this machine only
 #
 # Idempotent: whatever already answers is left alone, so a warm run only probes. Everything it
 # starts keeps running after it exits. Swift's configs, rings, data, logs and pid files live in
@@ -446,6 +448,62 @@ check_s3() {
         die "S3 round-trip check against http://127.0.0.1:$PROXY_PORT failed; see $SWIFT_LOG/"
 }
 
+# --- XRootD ---------------------------------------------------------------------------------
+
+XROOTD_PORT=1094
+XROOTD_DIR=$STATE_DIR/xrootd
+
+ensure_xrootd() {
+    local as=()
+    if listening "$XROOTD_PORT"; then
+        say xrootd "already up (root://127.0.0.1:$XROOTD_PORT)"
+        return
+    fi
+    apt_install xrootd-server
+    mkdir -p "$XROOTD_DIR/data" "$XROOTD_DIR/run"
+    chmod 755 "$XROOTD_DIR" "$XROOTD_DIR/data"
+    if [[ $(id -u) == 0 ]]; then
+        # xrootd refuses to run as root; the package's own user runs it.
+        id xrootd >/dev/null 2>&1 || die "xrootd-server is installed but there is no xrootd user"
+        chown xrootd: "$XROOTD_DIR/run"
+        as=(-R xrootd)
+    fi
+    cat >"$XROOTD_DIR/xrootd.cfg" <<CONFIG
+all.export / r/o
+oss.localroot $XROOTD_DIR/data
+xrd.port $XROOTD_PORT
+xrd.allow host localhost
+xrd.network nodnr
+all.adminpath $XROOTD_DIR/run
+all.pidpath $XROOTD_DIR/run
+CONFIG
+    xrootd -b -c "$XROOTD_DIR/xrootd.cfg" -l "$XROOTD_DIR/run/xrootd.log" "${as[@]}" \
+        </dev/null >/dev/null 2>&1 9>&- || die "xrootd failed to start; see $XROOTD_DIR/run/"
+    wait_for listening "$XROOTD_PORT" ||
+        die "xrootd did not listen on 127.0.0.1:$XROOTD_PORT within ${TIMEOUT}s; see $XROOTD_DIR/run/"
+    say xrootd "started (root://127.0.0.1:$XROOTD_PORT, serving $XROOTD_DIR/data)"
+}
+
+# A file written under the data directory must be readable through root://.
+check_xrootd() {
+    local python=$ROOT/.venv/bin/python canary=.ess-canary-$$ status=0
+    if [[ ! -x $python ]]; then
+        say xrootd "read check skipped: no .venv yet (scripts/bootstrap.sh creates it)"
+        return
+    fi
+    printf 'ess' >"$XROOTD_DIR/data/$canary"
+    "$python" - "root://127.0.0.1:$XROOTD_PORT" "/$canary" <<'PYTHON' || status=$?
+import sys
+
+from XRootD import client
+
+status, info = client.FileSystem(sys.argv[1]).stat(sys.argv[2], timeout=10)
+sys.exit(0 if status.ok and info.size == 3 else f"stat {sys.argv[2]}: {status.message}")
+PYTHON
+    rm -f "$XROOTD_DIR/data/$canary"
+    ((status == 0)) || die "root://127.0.0.1:$XROOTD_PORT does not serve $XROOTD_DIR/data"
+}
+
 # Two test runs at once would race to start the same servers. Whatever starts a server closes
 # fd 9 for it, or the lock would live as long as the server does.
 mkdir -p "$STATE_DIR"
@@ -456,3 +514,5 @@ ensure_postgres
 ensure_rabbitmq
 ensure_swift
 check_s3
+ensure_xrootd
+check_xrootd

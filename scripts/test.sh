@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole check, as CI runs it: bootstrap the venv, make sure PostgreSQL, RabbitMQ and S3
-# are up, then lint, format check, type check and pytest. Extra arguments go to pytest.
+# The whole check, as CI runs it: bootstrap the venv, make sure PostgreSQL, RabbitMQ, S3 and
+# XRootD are up, then lint, format check, type check and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,6 +14,8 @@ export ESS_TEST_S3_ENDPOINT_URL=${ESS_TEST_S3_ENDPOINT_URL:-http://127.0.0.1:808
 export ESS_TEST_S3_ACCESS_KEY=${ESS_TEST_S3_ACCESS_KEY:-test:tester}
 export ESS_TEST_S3_SECRET_KEY=${ESS_TEST_S3_SECRET_KEY:-testing}
 export ESS_TEST_S3_REGION=${ESS_TEST_S3_REGION:-us-east-1}
+export ESS_TEST_XROOTD_URL=${ESS_TEST_XROOTD_URL:-root://127.0.0.1:1094}
+export ESS_TEST_XROOTD_DIR=${ESS_TEST_XROOTD_DIR:-${ESS_STATE_DIR:-/var/tmp/ess}/xrootd/data}
 
 step() { printf '== %s\n' "$*"; }
 

@@ -11,11 +11,14 @@ Addresses come from `ESS_TEST_*` variables (set by scripts/test.sh), with local 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -424,3 +427,59 @@ async def _empty_and_delete_bucket(s3: S3Store) -> None:
         for item in page.get("Contents", []):
             await s3.client.delete_object(Bucket=s3.bucket, Key=item["Key"])
     await s3.client.delete_bucket(Bucket=s3.bucket)
+
+
+# --- XRootD -------------------------------------------------------------------------------------
+
+XROOTD_URL = os.environ.get("ESS_TEST_XROOTD_URL", "root://127.0.0.1:1094")
+XROOTD_DIR = Path(os.environ.get("ESS_TEST_XROOTD_DIR", "/var/tmp/ess/xrootd/data"))
+
+
+class XRootDServer:
+    """The XRootD server of the tests, serving `directory` at `url` (read-only): a file is
+    served once it is written there."""
+
+    def __init__(self, url: str, directory: Path) -> None:
+        self.url = url.rstrip("/")
+        self.directory = directory
+        self._check = ServerCheck(
+            "XRootD", f"{self.url} (serving {directory})", "ESS_TEST_XROOTD_URL"
+        )
+
+    def check(self) -> XRootDServer:
+        if not self._check.ok and self._check.problem is None:
+            try:
+                self._probe()
+            except Exception as exc:
+                self._check.failed(exc)
+            else:
+                self._check.ok = True
+        self._check.raise_problem()
+        return self
+
+    def _probe(self) -> None:
+        client: Any = importlib.import_module("XRootD.client")
+        canary = self.directory / f".ess-test-{uuid.uuid4().hex}"
+        canary.write_bytes(b"ess")
+        try:
+            status, info = client.FileSystem(self.url).stat(f"/{canary.name}", timeout=10)
+        finally:
+            canary.unlink()
+        if not status.ok or info.size != 3:
+            raise OSError(f"stat /{canary.name}: {status.message}")
+
+    def serve(self, source: Path) -> tuple[str, Path]:
+        """Copy `source` into a directory of its own under the served one: its root:// URL and
+        the copy (delete its directory after use)."""
+        place = self.directory / f"ess-test-{uuid.uuid4().hex[:12]}"
+        place.mkdir(mode=0o755)
+        copy = place / source.name
+        shutil.copyfile(source, copy)
+        copy.chmod(0o644)
+        return f"{self.url}//{place.name}/{source.name}", copy
+
+
+@pytest.fixture(scope="session")
+def xrootd() -> XRootDServer:
+    """The XRootD server, checked to serve its directory."""
+    return XRootDServer(XROOTD_URL, XROOTD_DIR).check()

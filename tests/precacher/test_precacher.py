@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import skhep_testdata
@@ -33,6 +33,9 @@ from ess_common.settings import EdgeSettings
 from ess_common.store.s3 import S3Store
 from ess_precacher.service import Precacher
 from tests.helpers import S3Settings, UniqueNames, eventually
+
+if TYPE_CHECKING:
+    from tests.conftest import XRootDServer
 
 EDGE = "edge-pc"
 SCOPE = "data18_13TeV"
@@ -251,6 +254,31 @@ async def test_unreachable_s3_endpoint_is_one_broken_source(
     with pytest.raises(RetryableError) as raised:
         await precacher.handle_file_assigned(assigned(original, sources[:1], adler32="0badc0de"))
     assert sources[0] in str(raised.value)
+
+
+async def test_xrootd_source_is_cached(
+    tmp_path: Path, original: Original, xrootd: XRootDServer
+) -> None:
+    url, copy = xrootd.serve(original.path)
+    try:
+        precacher = Precacher(edge_settings(tmp_path), IDLE_BUS)
+        # A replica the server does not have is one more broken source.
+        sources = [f"{xrootd.url}//ess-test-none/{LFN}", url]
+        await expect_cached(precacher, assigned(original, sources), original)
+    finally:
+        shutil.rmtree(copy.parent)
+
+
+async def test_unreachable_xrootd_server_is_one_broken_source(
+    tmp_path: Path, source: Path, original: Original
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    precacher = Precacher(edge_settings(tmp_path), IDLE_BUS)
+
+    sources = [f"root://127.0.0.1:{closed_port}//rucio/{LFN}", source.as_uri()]
+    await expect_cached(precacher, assigned(original, sources), original)
 
 
 async def test_wrong_adler32_is_retryable_and_leaves_nothing(

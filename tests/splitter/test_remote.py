@@ -4,10 +4,12 @@ same entries as the source; failures to reach the file are retryable."""
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import awkward as ak
 import pytest
@@ -30,6 +32,9 @@ from ess_splitter.rootsplit import SplitError, split_root_file
 from tests.helpers import S3Settings
 from tests.splitter.test_faithful_corpus import data
 from tests.splitter.test_parallel import TREE, write_ntuple
+
+if TYPE_CHECKING:
+    from tests.conftest import XRootDServer
 
 N_EVENTS = 120_000
 BASKET_EVENTS = 3_000
@@ -240,7 +245,56 @@ async def test_an_unreachable_server_is_retryable(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_root_urls_need_fsspec_xrootd(tmp_path: Path) -> None:
+@pytest.fixture
+def on_xrootd(xrootd: XRootDServer, ntuple: Path) -> Iterator[str]:
+    """The ntuple's root:// URL on the XRootD server."""
+    url, copy = xrootd.serve(ntuple)
+    try:
+        yield url
+    finally:
+        shutil.rmtree(copy.parent)
+
+
+async def test_range_from_an_xrootd_server(on_xrootd: str, ntuple: Path, tmp_path: Path) -> None:
+    out = tmp_path / "range.root"
+    _, fetched = await split_range(on_xrootd, FIRST, LAST, out)
+    assert_range_of(ntuple, out, FIRST, LAST)
+    assert_fetched_little(fetched, ntuple)
+
+    # With the file's identity, the next range fetches neither the opening nor its baskets'
+    # beginnings again.
+    identity = f"user.ess:ntuple.root:{ntuple.stat().st_size}:xrootd"
+    _, cold = await split_range(on_xrootd, FIRST, LAST, tmp_path / "a.root", identity=identity)
+    _, warm = await split_range(on_xrootd, FIRST, LAST, tmp_path / "b.root", identity=identity)
+    assert_range_of(ntuple, tmp_path / "b.root", FIRST, LAST)
+    assert cold == fetched
+    assert 0 <= warm < cold / 2
+
+
+async def test_a_file_the_xrootd_server_lacks_is_not_found(
+    xrootd: XRootDServer, tmp_path: Path
+) -> None:
+    with pytest.raises(NotFound):
+        await split_range(f"{xrootd.url}//ess-test-none/missing.root", 1, 10, tmp_path / "r.root")
+
+
+async def test_an_unreachable_xrootd_server_is_retryable(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RetryableError):
+        await split_range(f"root://127.0.0.1:{port}//data/f.root", 1, 10, tmp_path / "r.root")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_root_urls_need_fsspec_xrootd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edge installed without the XRootD client says so."""
+    find_spec = importlib.util.find_spec
+
+    def without_xrootd(name: str, package: str | None = None) -> Any:
+        return None if name == "fsspec_xrootd" else find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_xrootd)
     with pytest.raises(PermanentError, match="fsspec-xrootd"):
         split_range_remote("root://eos.example.org//data/f.root", 1, 10, tmp_path / "r.root")
 

@@ -12,6 +12,7 @@ import httpx
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ess_common import xrootd
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.settings import EdgeSettings
 
@@ -73,6 +74,7 @@ async def fetch_xrootd(url: str, target: Path) -> None:
 
     def _copy() -> None:
         try:
+            xrootd.limit_waits()
             with fsspec.open(url, "rb") as src, target.open("wb") as out:
                 shutil.copyfileobj(src, out, CHUNK)
         except (ImportError, ValueError) as exc:

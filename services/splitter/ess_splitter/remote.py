@@ -36,6 +36,7 @@ import uproot
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from ess_common import xrootd
 from ess_common.errors import NotFound, PermanentError, RetryableError, Unauthorized
 from ess_common.settings import EssSettings
 from ess_splitter.rootsplit import RangeFile, RangeTarget, SplitError, plan_split, write_ranges
@@ -111,6 +112,7 @@ def split_range_remote(
                 f"{_public(url)}: reading root:// URLs needs the fsspec-xrootd package, "
                 "which is not installed on this edge"
             )
+        xrootd.limit_waits()
         requested: list[int] = []
         with _mapped_errors(url):
             written = _split(
@@ -418,6 +420,8 @@ def _mapped_errors(url: str) -> Iterator[None]:
         # (signing again) may succeed.
         raise RetryableError(f"{where}: HTTP {exc.status} {exc.message}") from exc
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        if xrootd.not_found(exc):
+            raise NotFound("file", where) from exc
         raise RetryableError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
 
