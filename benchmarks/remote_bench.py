@@ -16,7 +16,10 @@ connection).
 
 Usage: ``python -m benchmarks.remote_bench [--size-mb 200] [--workdir var/bench]
 [--baskets 20000,1000] [--repeat 5] [--events 1000] [--bucket ess-bench]
-[--out docs/benchmarks/remote-split.md]``. The S3 server comes from ``ESS_S3_ENDPOINT_URL``,
+[--xrootd-url root://127.0.0.1:1094] [--xrootd-dir /var/tmp/ess/xrootd/data] [--no-xrootd]
+[--out docs/benchmarks/remote-split.md]``. The middle range is also split from an XRootD
+server (``root://``, as grid sites serve files), given a directory it serves: the inputs are
+copied there once. The S3 server comes from ``ESS_S3_ENDPOINT_URL``,
 ``ESS_S3_ACCESS_KEY``, ``ESS_S3_SECRET_KEY`` and ``ESS_S3_REGION`` (defaults: the test server,
 http://127.0.0.1:8080 as test:tester).
 
@@ -88,8 +91,25 @@ def _open_and_plan(url: str) -> int:
     return received[0]
 
 
+def _on_xrootd(source: InputFile, xrootd: tuple[str, Path], bucket: str) -> str:
+    """The input's root:// URL, copied under the XRootD server's directory first if needed."""
+    url, directory = xrootd
+    place = directory / bucket
+    place.mkdir(mode=0o755, exist_ok=True)
+    copy = place / source.path.name
+    if not copy.is_file() or copy.stat().st_size != source.size:
+        _progress(f"copying {source.path.name} to {copy}")
+        shutil.copyfile(source.path, copy)
+        copy.chmod(0o644)
+    return f"{url.rstrip('/')}//{bucket}/{source.path.name}"
+
+
 async def measure(
-    source: InputFile, bucket: str, todo: list[Case], repeat: int
+    source: InputFile,
+    bucket: str,
+    todo: list[Case],
+    repeat: int,
+    xrootd: tuple[str, Path] | None = None,
 ) -> tuple[Opening, list[Row]]:
     from ess_common.store.s3 import S3Store
     from ess_splitter.remote import forget_kept, split_range
@@ -106,6 +126,7 @@ async def measure(
 
         # The file's content, as the edge names it for its on-demand pool.
         identity = f"{key}:{source.size}"
+        root_url = None if xrootd is None else _on_xrootd(source, xrootd, bucket)
 
         async def one(case: Case) -> Sample:
             out = scratch / f"{case.first}.root"
@@ -117,7 +138,7 @@ async def measure(
                 await split_range(url, *case.earlier, before, identity=identity)
                 before.unlink()
             start = time.perf_counter()
-            url = await store.signed_url(key, 600)
+            url = root_url if case.via == "root" and root_url else await store.signed_url(key, 600)
             written, fetched = await split_range(
                 url, case.first, case.last, out, identity=identity if case.kept else None
             )
@@ -149,10 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Other processes on the machine slow every split; the load shows how busy it was.
     load = [os.getloadavg()[0]]
     layouts: list[Layout] = []
+    xrootd = None if args.no_xrootd else (args.xrootd_url, Path(args.xrootd_dir))
+    if xrootd is not None and not xrootd[1].is_dir():
+        _progress(
+            f"{xrootd[1]} is not there: start the XRootD server with "
+            "`bash scripts/ensure-services.sh`, or pass --no-xrootd"
+        )
+        return 2
     for source in sources:
         found = shape(source.path)
-        todo = cases(source.events, int(args.events), found.basket)
-        opening, rows = asyncio.run(measure(source, args.bucket, todo, int(args.repeat)))
+        todo = cases(source.events, int(args.events), found.basket, xrootd=xrootd is not None)
+        opening, rows = asyncio.run(measure(source, args.bucket, todo, int(args.repeat), xrootd))
         layouts.append(Layout(source, found, opening, rows))
     load.append(os.getloadavg()[0])
     for layout in layouts:
@@ -161,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = list(sys.argv[1:] if argv is None else argv)
-    out.write_text(page(command, started, load, int(args.repeat), layouts))
+    server = None if xrootd is None else xrootd[0]
+    out.write_text(page(command, started, load, int(args.repeat), layouts, server))
     _progress(f"wrote {out}")
     return 0
 
@@ -190,6 +219,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="runs per range (median reported)")
     parser.add_argument("--events", type=int, default=1000, help="events per range")
     parser.add_argument("--bucket", default="ess-bench", help="bucket of the uploaded inputs")
+    parser.add_argument(
+        "--xrootd-url",
+        default=os.environ.get("ESS_XROOTD_URL", "root://127.0.0.1:1094"),
+        help="XRootD server that serves --xrootd-dir (the middle range is also split from it)",
+    )
+    parser.add_argument(
+        "--xrootd-dir",
+        default=os.environ.get("ESS_XROOTD_DIR", "/var/tmp/ess/xrootd/data"),
+        help="directory the XRootD server serves (inputs are copied to <dir>/<bucket>/)",
+    )
+    parser.add_argument("--no-xrootd", action="store_true", help="S3 only")
     parser.add_argument("--out", default="docs/benchmarks/remote-split.md", help="markdown page")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.events < 1:

@@ -26,6 +26,8 @@ class Case:
     #: process (as an edge's on-demand pool splits them): what it fetched is kept, not
     #: fetched again. None: the first range of the file split by the process.
     earlier: tuple[int, int] | None = None
+    #: Where the file is read from: "s3" (a presigned URL) or "root" (the XRootD server).
+    via: str = "s3"
 
     @property
     def events(self) -> int:
@@ -154,7 +156,7 @@ def shape(source: Path) -> Shape:
     return replace(found, record_zlib_bytes=header + 9 + len(zlib.compress(payload, 1)))
 
 
-def cases(n_events: int, per_range: int, basket: int) -> list[Case]:
+def cases(n_events: int, per_range: int, basket: int, *, xrootd: bool = False) -> list[Case]:
     """The range at the start of the basket holding the file's middle event, and one half a
     basket later: split as the first range of the file; after the file's first range (what
     opening the file read kept); and after the range just before it (the opening and the
@@ -163,8 +165,10 @@ def cases(n_events: int, per_range: int, basket: int) -> list[Case]:
     # Half a basket on, as far as the file allows.
     shifted = max(per_range + 1, min(middle + basket // 2, n_events - per_range + 1))
     last = shifted + per_range - 1
+    from_xrootd = [Case("middle, from XRootD", middle, middle + per_range - 1, via="root")]
     return [
         Case("middle", middle, middle + per_range - 1),
+        *(from_xrootd if xrootd else []),
         Case("middle + ½ basket", shifted, last),
         Case("middle + ½ basket, opening kept", shifted, last, earlier=(1, per_range)),
         Case(

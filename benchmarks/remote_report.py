@@ -50,6 +50,7 @@ def page(
     load: list[float],
     repeat: int,
     layouts: list[Layout],
+    xrootd: str | None = None,
 ) -> str:
     python = Path(sys.executable)
     if python.is_relative_to(PROJECT_ROOT):
@@ -67,7 +68,8 @@ def page(
         f"timed runs, {load[-1]:.2f} after",
         f"- software: {software()}",
         f"- S3 server: {endpoint} (OpenStack Swift's S3 API on the same machine: no network "
-        "latency, so the seconds are mostly this process's own work)",
+        "latency, so the seconds are mostly this process's own work and the server's)",
+        *([f"- XRootD server: {xrootd} (on the same machine)"] if xrootd is not None else []),
         *(f"- input: {_input(layout)}" for layout in layouts),
         "",
         "The inputs hold the same generated events (`benchmarks.ntuple`'s generator, "
@@ -77,9 +79,11 @@ def page(
         "TTree record's basket arrays grown by half when full, as ROOT grows them, not tenfold "
         "as uproot does by default). Each "
         "run presigns a GET URL with the S3 store and calls `ess_splitter.remote.split_range` "
-        "on it: uproot opens the file through fsspec's HTTP filesystem and the splitter fetches "
-        "what the range needs. Bytes fetched are the HTTP response bodies received, counted by "
-        "an aiohttp trace as they arrive. The range's share is the input size times the range's "
+        "on it (the rows 'from XRootD': on the file's root:// URL): uproot opens the file "
+        "through fsspec's HTTP filesystem (fsspec-xrootd) and the splitter fetches what the "
+        "range needs. Bytes fetched are the HTTP response bodies received, counted by "
+        "an aiohttp trace as they arrive (from XRootD, the bytes requested, which it returns "
+        "exactly). The range's share is the input size times the range's "
         "fraction of the events: what the range's events occupy, compressed, in the source, "
         "the file's own overhead spread over all events. The least a reader fetches is what "
         "any reader of the file must: opening it (as measured alone, unless kept from an "
