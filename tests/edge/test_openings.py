@@ -30,3 +30,5 @@ def test_openings_are_bounded_least_recently_used_first_out() -> None:
     # An opening larger than a quarter of the bound is not held.
     openings.split(0, "f", [(0, bytes(251))])
     assert "f" not in openings.runs and "f" in openings.held[0]
+    # ...and not asked for again.
+    assert openings.to_hand(0, "f") == (None, False)

@@ -25,6 +25,8 @@ class Openings:
         self.runs: OrderedDict[str, Runs] = OrderedDict()
         self.bytes = 0
         self.held: list[OrderedDict[str, None]] = [OrderedDict() for _ in range(slots)]
+        #: Files whose opening is too large to hold: not asked for again.
+        self.too_large: OrderedDict[str, None] = OrderedDict()
 
     def to_hand(self, slot: int, identity: str) -> tuple[Runs | None, bool]:
         """What to give `slot`'s process before it splits the file: the opening, when the
@@ -33,9 +35,10 @@ class Openings:
         runs = self.runs.get(identity)
         if runs is not None:
             self.runs.move_to_end(identity)
+        wanted = runs is None and identity not in self.too_large
         if identity in self.held[slot]:
-            return None, runs is None
-        return runs, runs is None
+            return None, wanted
+        return runs, wanted
 
     def split(self, slot: int, identity: str, runs: Runs | None) -> None:
         """`slot`'s process split a range of the file (so it holds the opening), and gave back
@@ -46,6 +49,10 @@ class Openings:
         while len(held) > self.per_slot:
             held.popitem(last=False)
         size = sum(len(data) for _, data in runs) if runs else 0
+        if runs and size > self.max_bytes // 4:
+            self.too_large[identity] = None
+            while len(self.too_large) > self.per_slot:
+                self.too_large.popitem(last=False)
         if not runs or size > self.max_bytes // 4:
             return
         old = self.runs.pop(identity, None)
