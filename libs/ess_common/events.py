@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 from ess_common.checksums import normalise_adler32
+from ess_common.source_urls import SOURCE_SCHEMES
 
 SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -40,7 +41,6 @@ MAX_SIZE = 2**63 - 1
 
 #: Rucio's scope and name alphabet: no slashes, no "..", nothing that escapes a key prefix.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
-_SOURCE_SCHEMES = ("file://", "http://", "https://", "s3://", "root://")
 
 
 _NAME_WORD = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}"
@@ -130,9 +130,10 @@ class DatasetFile(Contract):
     n_events: int = Field(gt=0, le=MAX_EVENT)
     size: int = Field(gt=0, le=MAX_SIZE)
     adler32: str = Field(json_schema_extra=_documented(_ADLER32))
-    #: Where the file can be read: file://, http(s)://, s3://bucket/key, root://.
+    #: Where the file can be read: file://, http(s)://, dav(s):// (WebDAV), s3://bucket/key,
+    #: root://.
     sources: list[
-        Annotated[str, Field(json_schema_extra=_documented("^(file|https?|s3|root)://"))]
+        Annotated[str, Field(json_schema_extra=_documented("^(file|https?|davs?|s3|root)://"))]
     ] = Field(min_length=1)
     #: Sites holding a copy; an edge at one of them (or in their region) is preferred.
     replicas: list[Replica] = []
@@ -159,8 +160,8 @@ class DatasetFile(Contract):
     @classmethod
     def _sources(cls, value: list[str]) -> list[str]:
         for url in value:
-            if not url.startswith(_SOURCE_SCHEMES):
-                raise ValueError(f"source {url!r} must start with one of {_SOURCE_SCHEMES}")
+            if not url.startswith(SOURCE_SCHEMES):
+                raise ValueError(f"source {url!r} must start with one of {SOURCE_SCHEMES}")
         return value
 
 

@@ -270,6 +270,19 @@ def test_request_spec_refuses(changes: dict[str, Any], field: str) -> None:
         RequestSpec.model_validate(spec_data(**changes))
 
 
+def test_every_source_scheme_read_is_accepted() -> None:
+    sources = [
+        "file:///data/EVNT.root",
+        "http://se.example.org/EVNT.root",
+        "https://se.example.org/EVNT.root",
+        "dav://se.example.org/EVNT.root",
+        "davs://se.example.org:443/rucio/mc15/EVNT.root",
+        "s3://bucket/EVNT.root",
+        "root://eos.example.org//eos/EVNT.root",
+    ]
+    assert DatasetFile.model_validate(file_data(sources=sources)).sources == sources
+
+
 @pytest.mark.parametrize(
     ("given", "normalised"),
     [

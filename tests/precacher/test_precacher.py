@@ -192,6 +192,18 @@ async def test_http_source_is_cached(
     assert grid_storage.gets == [LFN]
 
 
+async def test_webdav_source_is_cached_over_http(
+    tmp_path: Path, original: Original, grid_storage: GridStorage
+) -> None:
+    grid_storage.files[LFN] = original.data
+    precacher = Precacher(edge_settings(tmp_path), IDLE_BUS)
+    webdav = "dav" + grid_storage.url(LFN).removeprefix("http")
+
+    await expect_cached(precacher, assigned(original, [webdav]), original)
+
+    assert grid_storage.gets == [LFN]
+
+
 async def test_http_redirect_to_the_holding_pool_is_followed(
     tmp_path: Path, original: Original, grid_storage: GridStorage
 ) -> None:

@@ -143,6 +143,20 @@ async def test_range_from_a_plain_http_server(
         assert_range_of(ntuple, edge, first, last)
 
 
+async def test_a_webdav_url_is_read_over_http(
+    http_root: tuple[str, Path], ntuple: Path, tmp_path: Path
+) -> None:
+    """Rucio's dav:// (davs://) replicas are read with HTTP (HTTPS) byte-range GETs."""
+    base, _ = http_root
+    out = tmp_path / "range.root"
+    _, over_http = await split_range(f"{base}/ntuple.root", FIRST, LAST, tmp_path / "http.root")
+
+    _, fetched = await split_range(f"dav{base.removeprefix('http')}/ntuple.root", FIRST, LAST, out)
+
+    assert_range_of(ntuple, out, FIRST, LAST)
+    assert fetched == over_http
+
+
 @pytest.mark.parametrize(
     ("compression", "prefix"),
     [

@@ -54,7 +54,7 @@ Span = tuple[str, str, int, int]
 _RECENT = 1024
 _RECENT_S = 600.0
 #: Source schemes in the order they are tried.
-_PREFERRED = ("s3://", "https://", "http://", "root://", "file://")
+_PREFERRED = ("s3://", "https://", "davs://", "http://", "dav://", "root://", "file://")
 
 
 class FileSource(Answer):

@@ -1,4 +1,5 @@
-"""Fetching one source URL to a local path: file://, http(s)://, s3://bucket/key, root://."""
+"""Fetching one source URL to a local path: file://, http(s)://, dav(s):// (WebDAV, read as
+HTTP(S)), s3://bucket/key, root://."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ess_common import xrootd
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.settings import EdgeSettings
+from ess_common.source_urls import as_read
 
 CHUNK = 1 << 20
 
@@ -86,6 +88,7 @@ async def fetch_xrootd(url: str, target: Path) -> None:
 
 
 async def fetch(url: str, target: Path, settings: EdgeSettings) -> None:
+    url = as_read(url)
     scheme = urlparse(url).scheme
     if scheme == "file":
         await fetch_file(url, target)

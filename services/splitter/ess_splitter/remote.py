@@ -1,9 +1,9 @@
 """Split one event range straight from a remote ROOT file, without downloading the file.
 
 Consumes a URL and a 1-based inclusive event range: ``http(s)://`` (presigned S3 URLs
-included), ``s3://bucket/key`` (presigned here with the edge's S3 credentials, so that no S3
-filesystem package is needed), ``root://`` (through fsspec-xrootd, when it is installed) or
-``file://`` (a replica on a file system the edge mounts).
+included; WebDAV's ``dav(s)://`` read as such), ``s3://bucket/key`` (presigned here with the
+edge's S3 credentials, so that no S3 filesystem package is needed), ``root://`` (through
+fsspec-xrootd) or ``file://`` (a replica on a file system the edge mounts).
 uproot opens the file through fsspec and reads its header, directories and TTree records; then,
 with concurrent requests, the baskets that hold the range's entries of every event tree (of a
 zlib or LZMA basket only its beginning, up to the range's end: ``basketio``) and whatever is
@@ -39,6 +39,7 @@ from aiobotocore.session import get_session
 from ess_common import xrootd
 from ess_common.errors import NotFound, PermanentError, RetryableError, Unauthorized
 from ess_common.settings import EssSettings
+from ess_common.source_urls import as_read
 from ess_splitter.rootsplit import RangeFile, RangeTarget, SplitError, plan_split, write_ranges
 
 __all__ = [
@@ -86,6 +87,7 @@ def split_range_remote(
     coroutine.
     """
     _check_range(first_event, last_event)
+    url = as_read(url)
     if url.startswith("s3://"):
         if settings is None:
             raise ValueError("an s3:// URL needs the settings with the S3 endpoint and keys")
@@ -142,7 +144,9 @@ def split_range_remote(
                 requested,
             )
         return written, requested[0]
-    raise ValueError(f"cannot split from {_public(url)}: use http(s)://, s3://, root:// or file://")
+    raise ValueError(
+        f"cannot split from {_public(url)}: use http(s)://, dav(s)://, s3://, root:// or file://"
+    )
 
 
 async def split_range(
