@@ -106,6 +106,12 @@ async def request_in(sessions: SessionMaker, key: str, status: RequestStatus) ->
     return request if request.status == status else None
 
 
+async def edges_known(sessions: SessionMaker, names: set[str]) -> bool:
+    async with sessions() as session:
+        known = set((await session.scalars(select(Edge.name))).all())
+    return names <= known
+
+
 async def wait_ready(sessions: SessionMaker, ready: ReadySeen, key: str) -> Request:
     request = await eventually(
         lambda: request_in(sessions, key, RequestStatus.READY), message=f"request {key} ready"
@@ -122,6 +128,10 @@ async def test_a_request_is_assigned_split_and_announced_ready(
     await start_broker()
     await publish_event(bus, heartbeat("edge-a"))
     await publish_event(bus, heartbeat("edge-b"))
+    # Heartbeats and requests are separate queues: the request waits for both edges to be known.
+    await eventually(
+        lambda: edges_known(sessions, {"edge-a", "edge-b"}), message="both edges registered"
+    )
     await publish_event(bus, created("task-e2e", n_files=4))
 
     request = await wait_ready(sessions, ready, "task-e2e")
