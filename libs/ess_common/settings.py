@@ -17,6 +17,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ess_common.source_access import SourceAccess
+
 _BUS_SCHEMES = ("amqp://", "amqps://", "memory://")
 _STORE_SCHEMES = ("s3://", "file://")
 _DB_SCHEMES = ("postgresql+asyncpg://", "sqlite+aiosqlite://")
@@ -196,6 +198,12 @@ class EdgeSettings(EssSettings):
     edge_work_niceness: int = Field(default=10, ge=0, le=19)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     download_timeout_s: float = Field(default=600.0, gt=0)
+    #: Certificate authorities trusted for http(s):// and dav(s):// sources besides the
+    #: system's: a bundle, or a directory of hashed certificates such as X509_CERT_DIR.
+    source_ca_path: Path | None = None
+    #: A file with the bearer token (e.g. a WLCG token) sent to http(s):// and dav(s)://
+    #: sources; read at every use.
+    source_token_file: Path | None = None
     #: A file whose event trees uproot cannot write back unchanged is delivered "whole" as
     #: one range, or "fail"s naming the tree, branch and type.
     split_unsplittable: Literal["whole", "fail"] = "whole"
@@ -222,6 +230,10 @@ class EdgeSettings(EssSettings):
                 f"ESS_EDGE_HIGH_WATERMARK ({self.edge_high_watermark})"
             )
         return self
+
+    @property
+    def source_access(self) -> SourceAccess:
+        return SourceAccess(self.source_ca_path, self.source_token_file)
 
     @property
     def public_url(self) -> str:

@@ -32,6 +32,7 @@ from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import EdgeSettings
 from ess_common.store.s3 import S3Store
 from ess_precacher.service import Precacher
+from tests.grid_https import grid_https
 from tests.helpers import S3Settings, UniqueNames, eventually
 
 if TYPE_CHECKING:
@@ -202,6 +203,31 @@ async def test_webdav_source_is_cached_over_http(
     await expect_cached(precacher, assigned(original, [webdav]), original)
 
     assert grid_storage.gets == [LFN]
+
+
+async def test_grid_https_source_is_cached_with_the_sites_ca_and_token(
+    tmp_path: Path, original: Original
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / LFN).write_bytes(original.data)
+    scratch = tmp_path / "grid"
+    scratch.mkdir()
+    async with grid_https(served, scratch) as storage:
+        url = "davs" + storage.base_url.removeprefix("https") + f"/{LFN}"
+        settings = edge_settings(
+            tmp_path, source_ca_path=storage.ca_dir, source_token_file=storage.token_file
+        )
+
+        await expect_cached(Precacher(settings, IDLE_BUS), assigned(original, [url]), original)
+
+        without_token = edge_settings(tmp_path / "b", source_ca_path=storage.ca_dir)
+        with pytest.raises(RetryableError, match="HTTP 401"):
+            await Precacher(without_token, IDLE_BUS).handle_file_assigned(assigned(original, [url]))
+        with pytest.raises(RetryableError, match="CERTIFICATE_VERIFY_FAILED"):
+            await Precacher(edge_settings(tmp_path / "c"), IDLE_BUS).handle_file_assigned(
+                assigned(original, [url])
+            )
 
 
 async def test_http_redirect_to_the_holding_pool_is_followed(

@@ -17,8 +17,9 @@ import uproot
 from aiohttp import web
 from aiohttp.test_utils import TestServer as HttpServer
 
-from ess_common.errors import NotFound, PermanentError, RetryableError
+from ess_common.errors import NotFound, PermanentError, RetryableError, Unauthorized
 from ess_common.settings import EdgeSettings
+from ess_common.source_access import SourceAccess
 from ess_common.store.base import ObjectStore
 from ess_common.store.s3 import S3Store
 from ess_splitter.remote import (
@@ -29,6 +30,7 @@ from ess_splitter.remote import (
     split_range_remote,
 )
 from ess_splitter.rootsplit import SplitError, split_root_file
+from tests.grid_https import grid_https
 from tests.helpers import S3Settings
 from tests.splitter.test_faithful_corpus import data
 from tests.splitter.test_parallel import TREE, write_ntuple
@@ -155,6 +157,37 @@ async def test_a_webdav_url_is_read_over_http(
 
     assert_range_of(ntuple, out, FIRST, LAST)
     assert fetched == over_http
+
+
+async def test_grid_storage_over_https_with_its_ca_and_a_token(
+    ntuple: Path, tmp_path: Path
+) -> None:
+    """davs:// storage signed by a grid CA and wanting a bearer token: read with both, refused
+    without the token (401), unverifiable without the CA."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "ntuple.root").write_bytes(ntuple.read_bytes())
+    scratch = tmp_path / "grid"
+    scratch.mkdir()
+    async with grid_https(served, scratch) as storage:
+        url = "davs" + storage.base_url.removeprefix("https") + "/ntuple.root"
+        out = tmp_path / "range.root"
+
+        _, fetched = await split_range(url, FIRST, LAST, out, access=storage.access())
+
+        assert_range_of(ntuple, out, FIRST, LAST)
+        assert_fetched_little(fetched, ntuple)
+        # A bundle does as well as a directory of hashed certificates.
+        bundle = SourceAccess(storage.ca_file, storage.token_file)
+        await split_range(url, 1, 10, tmp_path / "bundle.root", access=bundle)
+        assert_range_of(ntuple, tmp_path / "bundle.root", 1, 10)
+        with pytest.raises(Unauthorized):
+            await split_range(url, 1, 10, tmp_path / "r.root", access=storage.access(token=False))
+        asked = len(storage.requests)
+        with pytest.raises(RetryableError, match="certificate"):
+            await split_range(url, 1, 10, tmp_path / "r.root", access=storage.access(ca=False))
+        # The handshake failed: nothing reached the server.
+        assert len(storage.requests) == asked
 
 
 @pytest.mark.parametrize(

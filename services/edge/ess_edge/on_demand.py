@@ -42,6 +42,7 @@ from ess_common.events import RangeInfo, RangeSplitOnDemand
 from ess_common.messaging.bus import Bus, publish_event
 from ess_common.ranges import Answer, RangeEntry
 from ess_common.settings import EdgeSettings
+from ess_common.source_access import SourceAccess
 from ess_common.store.base import ObjectStore, on_demand_key
 from ess_edge.objects import ObjectCache
 from ess_edge.openings import Openings, Runs
@@ -87,6 +88,7 @@ def split_in_worker(
     identity: str,
     opening: Runs | None = None,
     give_opening: bool = False,
+    access: SourceAccess | None = None,
 ) -> tuple[int, str, int, Runs | None] | tuple[str, str]:
     """In a pool process: split one range; returns its size, adler32, the bytes fetched and,
     when `give_opening`, the file's opening as read; or the kind of failure and its reason
@@ -107,6 +109,7 @@ def split_in_worker(
             n_events=n_events,
             compression=parse_compression(compression),
             identity=identity,
+            access=access,
         )
     except NotFound as exc:
         return "missing", str(exc)
@@ -301,10 +304,13 @@ class OnDemand:
     async def _split_one(
         self, url: str, first: int, last: int, out: Path, source: FileSource
     ) -> tuple[int, str, int]:
+        access = self.settings.source_access
         if url.startswith("s3://"):
             from ess_splitter.remote import presign_s3
 
             url = await presign_s3(url, self.settings)
+            # Presigned here: the URL's own signature is its credential.
+            access = SourceAccess(access.ca_path)
         # The file's content, not its URL: the slot's process keeps what it fetched of it.
         identity = f"{source.scope}:{source.lfn}:{source.size}:{source.adler32}"
         slot = self._slot_for(identity)
@@ -324,6 +330,7 @@ class OnDemand:
                 identity,
                 opening,
                 give_opening,
+                access,
             )
         except BrokenProcessPool as exc:
             self._pools[slot] = None

@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ess_common import xrootd
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.settings import EdgeSettings
+from ess_common.source_access import SourceAccess
 from ess_common.source_urls import as_read
 
 CHUNK = 1 << 20
@@ -28,10 +29,18 @@ async def fetch_file(url: str, target: Path) -> None:
     await asyncio.to_thread(shutil.copyfile, source, target)
 
 
-async def fetch_http(url: str, target: Path, timeout_s: float) -> None:
+async def fetch_http(
+    url: str, target: Path, timeout_s: float, access: SourceAccess | None = None
+) -> None:
+    access = access or SourceAccess()
     try:
         async with (
-            httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client,
+            httpx.AsyncClient(
+                timeout=timeout_s,
+                follow_redirects=True,
+                verify=access.ssl_context(),
+                headers=access.headers(),
+            ) as client,
             client.stream("GET", url) as response,
         ):
             if response.status_code >= 400:
@@ -93,7 +102,7 @@ async def fetch(url: str, target: Path, settings: EdgeSettings) -> None:
     if scheme == "file":
         await fetch_file(url, target)
     elif scheme in ("http", "https"):
-        await fetch_http(url, target, settings.download_timeout_s)
+        await fetch_http(url, target, settings.download_timeout_s, settings.source_access)
     elif scheme == "s3":
         await fetch_s3(url, target, settings)
     elif scheme in ("root", "xroot"):

@@ -39,6 +39,7 @@ from aiobotocore.session import get_session
 from ess_common import xrootd
 from ess_common.errors import NotFound, PermanentError, RetryableError, Unauthorized
 from ess_common.settings import EssSettings
+from ess_common.source_access import SourceAccess
 from ess_common.source_urls import as_read
 from ess_splitter.rootsplit import RangeFile, RangeTarget, SplitError, plan_split, write_ranges
 
@@ -73,6 +74,7 @@ def split_range_remote(
     compression: Any = None,
     settings: EssSettings | None = None,
     identity: str | None = None,
+    access: SourceAccess | None = None,
 ) -> tuple[RangeFile, int]:
     """Write source events first_event..last_event (1-based, inclusive) of ``url`` to ``out_path``.
 
@@ -83,19 +85,23 @@ def split_range_remote(
     the file's content (e.g. scope, LFN, size and adler32; never the URL, whose signature
     changes): what the split fetched is then kept in this process, and the next range of the
     same file fetches neither the opening again nor the beginnings of baskets fetched already
-    (``_Kept``). Call from a thread without a running event loop; ``split_range`` is the
-    coroutine.
+    (``_Kept``). ``access`` is how grid storage is read over HTTP(S): the CAs trusted and the
+    bearer token sent (never to a URL presigned here). Call from a thread without a running
+    event loop; ``split_range`` is the coroutine.
     """
     _check_range(first_event, last_event)
     url = as_read(url)
+    access = access or SourceAccess()
+    token = access.headers()
     if url.startswith("s3://"):
         if settings is None:
             raise ValueError("an s3:// URL needs the settings with the S3 endpoint and keys")
         url = asyncio.run(presign_s3(url, settings))
+        token = {}
     scheme = urlsplit(url).scheme
     if scheme in ("http", "https"):
         received = _Received()
-        options = _http_options(received)
+        options = _http_options(received, access, token)
         with _mapped_errors(url):
             written = _split(
                 url,
@@ -159,6 +165,7 @@ async def split_range(
     n_events: int | None = None,
     compression: Any = None,
     identity: str | None = None,
+    access: SourceAccess | None = None,
 ) -> tuple[RangeFile, int]:
     """``split_range_remote`` for the event loop: S3 signing here, the split in a thread."""
     _check_range(first_event, last_event)
@@ -166,6 +173,8 @@ async def split_range(
         if settings is None:
             raise ValueError("an s3:// URL needs the settings with the S3 endpoint and keys")
         url = await presign_s3(url, settings)
+        # Presigned here: the URL's own signature is its credential.
+        access = SourceAccess(access.ca_path) if access is not None else None
     return await asyncio.to_thread(
         split_range_remote,
         url,
@@ -175,6 +184,7 @@ async def split_range(
         n_events=n_events,
         compression=compression,
         identity=identity,
+        access=access,
     )
 
 
@@ -211,7 +221,9 @@ def _check_range(first_event: int, last_event: int) -> None:
         )
 
 
-def _http_options(received: _Received) -> dict[str, Any]:
+def _http_options(
+    received: _Received, access: SourceAccess, headers: dict[str, str]
+) -> dict[str, Any]:
     async def on_chunk(
         session: aiohttp.ClientSession,
         context: Any,
@@ -230,6 +242,9 @@ def _http_options(received: _Received) -> dict[str, Any]:
         "encoded": True,
         # A session of its own, so that the count is this split's alone.
         "skip_instance_cache": True,
+        # Passed with every request.
+        "ssl": access.ssl_context(),
+        "headers": headers,
     }
 
 
@@ -411,6 +426,12 @@ def _mapped_errors(url: str) -> Iterator[None]:
     where = _public(url)
     try:
         yield
+    except aiohttp.ClientConnectorCertificateError as exc:
+        # Also a ValueError; another source may be signed by an authority the edge trusts.
+        raise RetryableError(
+            f"{where}: the server's certificate was not verified ({exc.certificate_error}); "
+            "ESS_SOURCE_CA_PATH names the authorities trusted besides the system's"
+        ) from exc
     except (SplitError, ValueError, PermanentError):
         raise
     except FileNotFoundError as exc:
