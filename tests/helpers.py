@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -114,3 +115,11 @@ class S3Settings:
             "ESS_S3_SECRET_KEY": self.secret_key,
             "ESS_S3_REGION": self.region,
         }
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on (bound for a moment, then let go): a connection
+    to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -4,7 +4,6 @@ restart), until a fresh connection works again."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ from ess_common.db.hot_reads import hot_reads
 from ess_common.db.session import make_engine, make_session_maker
 from ess_common.store.local import LocalStore
 from tests.head_api.support import SCOPE, request_body, running_head
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 if TYPE_CHECKING:
     from tests.conftest import PostgresServer
@@ -37,9 +36,7 @@ def assert_unavailable(response: httpx.Response) -> None:
 
 
 async def test_a_database_that_is_down_gets_503(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     engine = make_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/ess")
     store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
     await store.start()

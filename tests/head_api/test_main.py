@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 import ess_head_api.__main__ as head_main
 from ess_head_api.__main__ import main, worker_app
+from tests.helpers import free_port
 
 
 @pytest.fixture
@@ -44,12 +45,6 @@ async def test_a_worker_runs_its_relay_while_it_serves(monkeypatch: pytest.Monke
         assert len(relays()) == 1
     await asyncio.sleep(0)
     assert relays() == []
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.usefixtures("head_env")

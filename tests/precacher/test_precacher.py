@@ -5,7 +5,6 @@ and, through both buses, `file.assigned` in, `file.cached` or `file.failed` out.
 from __future__ import annotations
 
 import shutil
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from ess_common.settings import EdgeSettings
 from ess_common.store.s3 import S3Store
 from ess_precacher.service import Precacher
 from tests.grid_https import grid_https
-from tests.helpers import S3Settings, UniqueNames, eventually
+from tests.helpers import S3Settings, UniqueNames, eventually, free_port
 
 if TYPE_CHECKING:
     from tests.conftest import XRootDServer
@@ -275,9 +274,7 @@ async def test_unreachable_s3_endpoint_is_one_broken_source(
 ) -> None:
     # botocore's own retries of a refused connection take seconds; one attempt shows the same.
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     settings = edge_settings(
         tmp_path,
         s3_endpoint_url=f"http://127.0.0.1:{closed_port}",
@@ -310,9 +307,7 @@ async def test_xrootd_source_is_cached(
 async def test_unreachable_xrootd_server_is_one_broken_source(
     tmp_path: Path, source: Path, original: Original
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
+    closed_port = free_port()
     precacher = Precacher(edge_settings(tmp_path), IDLE_BUS)
 
     sources = [f"root://127.0.0.1:{closed_port}//rucio/{LFN}", source.as_uri()]

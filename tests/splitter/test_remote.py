@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from ess_splitter.remote import (
 )
 from ess_splitter.rootsplit import SplitError, split_root_file
 from tests.grid_https import grid_https
-from tests.helpers import S3Settings
+from tests.helpers import S3Settings, free_port
 from tests.splitter.test_faithful_corpus import data
 from tests.splitter.test_parallel import TREE, write_ntuple
 
@@ -283,9 +282,7 @@ async def test_a_missing_file_is_not_found(http_root: tuple[str, Path], tmp_path
 
 async def test_an_unreachable_server_is_retryable(tmp_path: Path) -> None:
     # A port nobody listens on: the connection is refused at once.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     out = tmp_path / "range.root"
     with pytest.raises(RetryableError):
         await split_range(f"http://127.0.0.1:{port}/ntuple.root", 1, 10, out)
@@ -326,9 +323,7 @@ async def test_a_file_the_xrootd_server_lacks_is_not_found(
 
 
 async def test_an_unreachable_xrootd_server_is_retryable(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with pytest.raises(RetryableError):
         await split_range(f"root://127.0.0.1:{port}//data/f.root", 1, 10, tmp_path / "r.root")
     assert list(tmp_path.iterdir()) == []
