@@ -27,6 +27,10 @@ class SourceAccess:
     #: A file holding a bearer token; None: no Authorization header.
     token_file: Path | None = None
 
+    def for_presigned(self) -> SourceAccess:
+        """The same authorities and no token: a URL ESS presigned carries its own credential."""
+        return SourceAccess(self.ca_path)
+
     def ssl_context(self) -> ssl.SSLContext | bool:
         """What HTTP clients verify servers with: a context trusting `ca_path` (as well as
         the system's authorities), or True for the system's alone."""

@@ -309,8 +309,7 @@ class OnDemand:
             from ess_splitter.remote import presign_s3
 
             url = await presign_s3(url, self.settings)
-            # Presigned here: the URL's own signature is its credential.
-            access = SourceAccess(access.ca_path)
+            access = access.for_presigned()
         # The file's content, not its URL: the slot's process keeps what it fetched of it.
         identity = f"{source.scope}:{source.lfn}:{source.size}:{source.adler32}"
         slot = self._slot_for(identity)

@@ -92,16 +92,15 @@ def split_range_remote(
     _check_range(first_event, last_event)
     url = as_read(url)
     access = access or SourceAccess()
-    token = access.headers()
     if url.startswith("s3://"):
         if settings is None:
             raise ValueError("an s3:// URL needs the settings with the S3 endpoint and keys")
         url = asyncio.run(presign_s3(url, settings))
-        token = {}
+        access = access.for_presigned()
     scheme = urlsplit(url).scheme
     if scheme in ("http", "https"):
         received = _Received()
-        options = _http_options(received, access, token)
+        options = _http_options(received, access)
         with _mapped_errors(url):
             written = _split(
                 url,
@@ -173,8 +172,7 @@ async def split_range(
         if settings is None:
             raise ValueError("an s3:// URL needs the settings with the S3 endpoint and keys")
         url = await presign_s3(url, settings)
-        # Presigned here: the URL's own signature is its credential.
-        access = SourceAccess(access.ca_path) if access is not None else None
+        access = access.for_presigned() if access is not None else None
     return await asyncio.to_thread(
         split_range_remote,
         url,
@@ -221,9 +219,7 @@ def _check_range(first_event: int, last_event: int) -> None:
         )
 
 
-def _http_options(
-    received: _Received, access: SourceAccess, headers: dict[str, str]
-) -> dict[str, Any]:
+def _http_options(received: _Received, access: SourceAccess) -> dict[str, Any]:
     async def on_chunk(
         session: aiohttp.ClientSession,
         context: Any,
@@ -244,7 +240,7 @@ def _http_options(
         "skip_instance_cache": True,
         # Passed with every request.
         "ssl": access.ssl_context(),
-        "headers": headers,
+        "headers": access.headers(),
     }
 
 
