@@ -197,12 +197,13 @@ async def test_timeout_kills_the_command_and_what_it_started(tmp_path: Path) -> 
         tmp_path,
         "hang.py",
         f"""
-        import os, subprocess, sys, time
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        import os, signal, subprocess, sys
+        # Both hang until killed.
+        child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
         with open({str(pids)!r}, "w") as stream:
             stream.write(f"{{os.getpid()}} {{child.pid}}")
         print("started", file=sys.stderr, flush=True)
-        time.sleep(120)
+        signal.pause()
         """,
     )
     out_dir = tmp_path / "out"
