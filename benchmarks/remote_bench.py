@@ -5,7 +5,7 @@ directory) in two layouts of the same events: as the splitter benchmark writes i
 20,000 events, and written again with smaller baskets (1,000 events by default), as files meant
 for reading a few events at a time are. Each file is uploaded once to the S3 server (skipped
 when an object of the same size is there); then single 1,000-event ranges are split from it
-with ``ess_splitter.remote.split_range`` through a presigned URL, as the on-demand mode does:
+with ``ess_split.remote.split_range`` through a presigned URL, as the on-demand mode does:
 the range at the start of the source basket holding the file's middle event, and one starting
 half a basket later. Each is repeated; the tables give the median wall time (presigning,
 opening the file, fetching, writing the range file), the bytes fetched and how they compare
@@ -62,11 +62,11 @@ def _store(bucket: str) -> object:
 
 def _open_and_plan(url: str) -> int:
     """Bytes of response bodies received while uproot opens ``url`` and the split is planned,
-    counted as ``ess_splitter.remote`` counts them."""
+    counted as ``ess_split.remote`` counts them."""
     import aiohttp
     import uproot
 
-    from ess_splitter.rootsplit import plan_split
+    from ess_split.split import open_source, planned
 
     received = [0]
 
@@ -79,15 +79,16 @@ def _open_and_plan(url: str) -> int:
 
     trace = aiohttp.TraceConfig()
     trace.on_response_chunk_received.append(on_chunk)
-    with uproot.open(
+    source = open_source(
         url,
-        array_cache=None,
+        "benchmark",
         handler=uproot.source.fsspec.FSSpecSource,
         client_kwargs={"trace_configs": [trace]},
         encoded=True,
         skip_instance_cache=True,
-    ) as root_file:
-        plan_split(root_file, "benchmark", None)
+    )
+    with source.uproot:
+        planned(source, None)
     return received[0]
 
 
@@ -112,7 +113,7 @@ async def measure(
     xrootd: tuple[str, Path] | None = None,
 ) -> tuple[Opening, list[Row]]:
     from ess_common.store.s3 import S3Store
-    from ess_splitter.remote import forget_kept, split_range
+    from ess_split.remote import forget_kept, split_range
 
     store = _store(bucket)
     assert isinstance(store, S3Store)

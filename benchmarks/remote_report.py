@@ -78,7 +78,7 @@ def page(
         "baskets that files meant for reading a few events at a time are written with (their "
         "TTree record's basket arrays grown by half when full, as ROOT grows them, not tenfold "
         "as uproot does by default). Each "
-        "run presigns a GET URL with the S3 store and calls `ess_splitter.remote.split_range` "
+        "run presigns a GET URL with the S3 store and calls `ess_split.remote.split_range` "
         "on it (the rows 'from XRootD': on the file's root:// URL): uproot opens the file "
         "through fsspec's HTTP filesystem (fsspec-xrootd) and the splitter fetches what the "
         "range needs. Bytes fetched are the HTTP response bodies received, counted by "

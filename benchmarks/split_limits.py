@@ -24,15 +24,15 @@ from benchmarks.split_profile import Breakdown, profile_table
 
 
 def _zlib_libraries() -> tuple[str, str]:
-    """How the splitter compresses and inflates zlib baskets (``ess_splitter.basketio``)."""
-    from ess_splitter import basketio
+    """How the splitter compresses and inflates zlib baskets (``ess_split.format.codecs``)."""
+    from ess_split.format import codecs
 
-    if basketio._ISAL is not None:
+    if codecs._ISAL is not None:
         return (
             "python-isal's `isal_zlib.compress`, a drop-in for `zlib.compress`",
             "python-isal",
         )
-    return ("cramjam's zlib, a drop-in for `zlib.compress`", "the standard library's zlib")
+    return ("the standard library's `zlib.compress`", "the standard library's zlib")
 
 
 def _cores_used(row: Row) -> str:

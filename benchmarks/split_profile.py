@@ -59,10 +59,11 @@ class Breakdown:
 _Label = tuple[str, int, str]
 _Stats = dict[_Label, tuple[int, int, int, int, dict[_Label, tuple[int, int, int, int]]]]
 
-_ROOTSPLIT = "ess_splitter/rootsplit.py"
-_SOURCE = "ess_splitter/sourcebaskets.py"
-_WRITER = "ess_splitter/rangewriter.py"
-_BASKETIO = "ess_splitter/basketio.py"
+_ROOTSPLIT = "ess_split/split.py"
+_PLAN = "ess_split/plan.py"
+_SOURCE = "ess_split/ttree/source.py"
+_WRITER = "ess_split/rangefile.py"
+_BASKETIO = "ess_split/format/codecs.py"
 
 
 def _cumtime(stats: _Stats, file_suffix: str, function: str) -> float:
@@ -87,26 +88,25 @@ def _cumtime_from(
 
 
 def breakdown_of(case: str, files: int, stats: _Stats) -> Breakdown:
-    """The profiled split by the splitter's own steps (``rootsplit.write_ranges``' loop)."""
+    """The profiled split by the splitter's own steps (``split._write_ranges``' loop)."""
     top = sorted(stats.items(), key=lambda item: float(item[1][2]), reverse=True)[:12]
+    read = _cumtime(stats, _SOURCE, "_raw")
+    inflate = _cumtime(stats, _BASKETIO, "_inflate")
     return Breakdown(
         case=case,
         files=files,
         total=_cumtime(stats, _ROOTSPLIT, "split_root_file"),
-        plan=_cumtime_from(stats, _ROOTSPLIT, "plan_split", _ROOTSPLIT, "split_root_file"),
-        # RangeTemplate(...), the only constructor write_ranges calls in rangewriter.
-        template=_cumtime_from(stats, _WRITER, "__init__", _ROOTSPLIT, "write_ranges"),
-        read=_cumtime(stats, _SOURCE, "_load"),
-        inflate=_cumtime(stats, _BASKETIO, "_inflate"),
-        cut=_cumtime(stats, _SOURCE, "_encoded")
-        - _cumtime_from(stats, _SOURCE, "_load", _SOURCE, "_encoded"),
-        add=_cumtime_from(stats, _WRITER, "add", _ROOTSPLIT, "write_ranges"),
-        compress=_cumtime_from(
-            stats, "uproot/compression.py", "compress", _WRITER, "_encoded_record"
-        ),
+        plan=_cumtime_from(stats, _PLAN, "plan_split", _ROOTSPLIT, "planned"),
+        # FileTemplate(...), written once per split.
+        template=_cumtime_from(stats, _WRITER, "__init__", _ROOTSPLIT, "_write_ranges"),
+        read=read,
+        inflate=inflate,
+        cut=_cumtime_from(stats, _SOURCE, "pieces", _ROOTSPLIT, "_write_ranges") - read,
+        add=_cumtime_from(stats, _WRITER, "add", _ROOTSPLIT, "_write_ranges"),
+        compress=_cumtime_from(stats, _BASKETIO, "compress", _WRITER, "_encoded"),
         append=_cumtime_from(stats, _WRITER, "_append", _WRITER, "add"),
-        open=_cumtime_from(stats, _WRITER, "open", _ROOTSPLIT, "write_ranges"),
-        commit=_cumtime_from(stats, _WRITER, "commit", _ROOTSPLIT, "write_ranges"),
+        open=_cumtime_from(stats, _WRITER, "open", _ROOTSPLIT, "_write_ranges"),
+        commit=_cumtime_from(stats, _WRITER, "commit", _ROOTSPLIT, "_write_ranges"),
         top=[
             TopEntry(_short(label), int(entry[1]), float(entry[2]), float(entry[3]))
             for label, entry in top
@@ -142,22 +142,25 @@ def profile_table(rows: list[Row], breakdowns: list[Breakdown]) -> list[str]:
     parts: list[tuple[str, list[float]]] = [
         ("total (`split_root_file`)", [b.total for b in breakdowns]),
         ("plan the split (`plan_split`)", [b.plan for b in breakdowns]),
-        ("range-file template, once per split (`RangeTemplate`)", [b.template for b in breakdowns]),
-        ("read and inflate source baskets (`SourceBranch._load`)", [b.read for b in breakdowns]),
-        ("… of which inflating (`basketio._inflate`)", [b.inflate for b in breakdowns]),
-        ("cut the ranges' entries out (`SourceBranch._encoded`)", [b.cut for b in breakdowns]),
+        ("range-file template, once per split (`FileTemplate`)", [b.template for b in breakdowns]),
+        ("read source baskets (`BranchSource._raw`)", [b.read for b in breakdowns]),
+        ("inflate source baskets (`codecs._inflate`)", [b.inflate for b in breakdowns]),
+        (
+            "cut the ranges' entries out (`BranchSource.pieces`, reads aside)",
+            [b.cut for b in breakdowns],
+        ),
         ("encode and append baskets (`RangeFileWriter.add`)", [b.add for b in breakdowns]),
         (
-            "… of which compressing (`uproot.compression.compress`)",
+            "… of which compressing (`codecs.compress`)",
             [b.compress for b in breakdowns],
         ),
         ("… of which writing and adler32 (`_append`)", [b.append for b in breakdowns]),
-        ("open a range file (`RangeTemplate.open`)", [b.open for b in breakdowns]),
+        ("open a range file (`FileTemplate.open`)", [b.open for b in breakdowns]),
         (
             "patch template, close, rename (`RangeFileWriter.commit`)",
             [b.commit for b in breakdowns],
         ),
-        ("other (the loop in `write_ranges`, basket generators)", [b.other for b in breakdowns]),
+        ("other (the loop in `_write_ranges`)", [b.other for b in breakdowns]),
     ]
     for name, values in parts:
         cells = [

@@ -26,6 +26,8 @@ from benchmarks.split_cases import SERVICE_WORKERS, Case, Row, Sample
 from benchmarks.split_profile import Breakdown, TopEntry, breakdown_of
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: How much uproot's read-only pass reads at a time.
+READ_STEP_BYTES = 64 * 2**20
 
 
 def run_child(case: Case, source: Path, scratch: Path, profile_out: Path | None) -> None:
@@ -33,8 +35,8 @@ def run_child(case: Case, source: Path, scratch: Path, profile_out: Path | None)
     if case.kind != "copy":
         import uproot  # noqa: F401
 
-        import ess_splitter.parallel
-        import ess_splitter.rootsplit  # noqa: F401
+        import ess_split.parallel
+        import ess_split.split  # noqa: F401
     profiler = cProfile.Profile() if profile_out is not None else None
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
@@ -97,21 +99,19 @@ def _operation(case: Case, source: Path, scratch: Path) -> tuple[list[Path], int
     if case.kind == "read":
         import uproot
 
-        from ess_splitter.rootsplit import DEFAULT_BLOCK_BYTES
-
         with uproot.open(source, array_cache=None) as root_file:
-            step = f"{DEFAULT_BLOCK_BYTES // 2**20} MiB"
+            step = f"{READ_STEP_BYTES // 2**20} MiB"
             for block in root_file[TREE].iterate(step_size=step, library="ak", how=dict):
-                # Hold one block at a time, as the splitter does.
+                # Hold one block at a time.
                 del block
         return [], 1
-    from ess_splitter.compression import parse_compression
-    from ess_splitter.parallel import (
+    from ess_split.format.codecs import parse_compression
+    from ess_split.parallel import (
         MIN_BYTES_PER_WORKER,
         resolve_workers,
         split_root_file_parallel,
     )
-    from ess_splitter.rootsplit import split_root_file
+    from ess_split.split import split_root_file
 
     compression = parse_compression(case.compression)
     if not case.parallel:

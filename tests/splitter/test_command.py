@@ -16,16 +16,16 @@ import uproot
 from pydantic import ValidationError
 
 from ess_common.settings import EdgeSettings
+from ess_split.split import plan_ranges
 from ess_splitter.command import (
     OUTPUT_TAIL_BYTES,
     CommandFailed,
     CommandTemplate,
     split_with_command,
 )
-from ess_splitter.rootsplit import plan_ranges
 from ess_splitter.strategy import SplitOptions, split_file
 from tests.helpers import eventually
-from tests.splitter.test_faithful_corpus import data
+from tests.split.faithful import data
 
 PYTHON = shlex.quote(sys.executable)
 

@@ -1,7 +1,7 @@
 """The splitter of one edge: a cached ROOT file cut into ranges, each uploaded to the local
 store or the real S3 server under its deterministic key, and `split.done` listing them; a file
-uproot cannot split is delivered whole, or, when the edge is told so, fails for good (through
-both buses as `file.failed`)."""
+the engine does not cut is delivered whole, or, when the edge is told so, fails for good
+(through both buses as `file.failed`); a corrupt file fails for good at once, never whole."""
 
 from __future__ import annotations
 
@@ -22,12 +22,18 @@ from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
 from ess_common.store.local import LocalStore
+from ess_splitter import service
 from ess_splitter.service import Splitter
+from ess_splitter.strategy import split_file
 from tests.helpers import UniqueNames, eventually
 
 EDGE = "edge-sp"
 SCOPE = "data18_13TeV"
 HZZ_EVENTS = 2421
+#: uproot-from-geant4.root: its 1,000-event tree was written by ROOT before 5.20, whose branch
+#: records the engine does not cut.
+GEANT4_EVENTS = 1000
+GEANT4_REASON = "'GeneratedTracks' has type 'TTree' (branch 'Event' is a TBranch of version 8"
 EVENTS_PER_RANGE = 500
 FILE_ID = 11
 ATTEMPT = 2
@@ -147,18 +153,18 @@ async def test_cache_path_in_the_message_is_not_trusted(tmp_path: Path) -> None:
 async def test_unsplittable_file_is_delivered_whole_by_default(tmp_path: Path) -> None:
     settings = edge_settings(tmp_path)
     assert settings.split_unsplittable == "whole"
-    lfn = "NTUP.vvd.root"
-    source = cache(settings, "uproot-vectorVectorDouble.root", lfn)
+    lfn = "NTUP.geant4.root"
+    source = cache(settings, "uproot-from-geant4.root", lfn)
     store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
     await store.start()
 
     done = await Splitter(settings, IDLE_BUS, store).handle_file_cached(
-        file_cached(settings, lfn, 5)
+        file_cached(settings, lfn, GEANT4_EVENTS)
     )
 
     (whole,) = done.ranges
-    assert (whole.first_event, whole.last_event) == (1, 5)
-    assert whole.key == range_key(SCOPE, lfn, EVENTS_PER_RANGE, FILE_ID, ATTEMPT, 1, 5)
+    assert (whole.first_event, whole.last_event) == (1, GEANT4_EVENTS)
+    assert whole.key == range_key(SCOPE, lfn, EVENTS_PER_RANGE, FILE_ID, ATTEMPT, 1, GEANT4_EVENTS)
     stored = await store.get_bytes(whole.key)
     assert stored == source.read_bytes()
     assert (whole.size, whole.adler32) == (len(stored), adler32_of_bytes(stored))
@@ -166,15 +172,17 @@ async def test_unsplittable_file_is_delivered_whole_by_default(tmp_path: Path) -
 
 async def test_unsplittable_file_is_a_permanent_error_when_told_to_fail(tmp_path: Path) -> None:
     settings = edge_settings(tmp_path, split_unsplittable="fail")
-    lfn = "NTUP.vvd.root"
-    cache(settings, "uproot-vectorVectorDouble.root", lfn)
+    lfn = "NTUP.geant4.root"
+    cache(settings, "uproot-from-geant4.root", lfn)
     store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
     await store.start()
 
     with pytest.raises(PermanentError) as raised:
-        await Splitter(settings, IDLE_BUS, store).handle_file_cached(file_cached(settings, lfn, 5))
+        await Splitter(settings, IDLE_BUS, store).handle_file_cached(
+            file_cached(settings, lfn, GEANT4_EVENTS)
+        )
 
-    assert "std::vector<std::vector<double>>" in str(raised.value)
+    assert GEANT4_REASON in str(raised.value)
     # Nothing uploaded, nothing left in the split directory.
     assert not (tmp_path / "objects" / "ranges").exists()
     split_dir = settings.edge_cache_dir / "split"
@@ -202,20 +210,87 @@ async def test_through_the_bus_split_done_or_file_failed(
     done = await watch(bus, unique, f"split.done.{EDGE}")
     failed = await watch(bus, unique, f"file.failed.{EDGE}")
     cache(settings, "uproot-HZZ.root", "NTUP.good.root")
-    cache(settings, "uproot-vectorVectorDouble.root", "NTUP.vvd.root")
+    cache(settings, "uproot-from-geant4.root", "NTUP.geant4.root")
 
-    await publish_event(bus, file_cached(settings, "NTUP.vvd.root", 5))
+    await publish_event(bus, file_cached(settings, "NTUP.geant4.root", GEANT4_EVENTS))
     await publish_event(bus, file_cached(settings, "NTUP.good.root", HZZ_EVENTS))
 
     await eventually(lambda: failed and done, message="file.failed and split.done")
     (failure,) = [parse_event(d.body) for d in failed]
     assert isinstance(failure, FileFailed)
-    assert failure.work.file.lfn == "NTUP.vvd.root"
+    assert failure.work.file.lfn == "NTUP.geant4.root"
     assert failure.stage == "split"
     assert failure.retryable is False
-    assert "std::vector<std::vector<double>>" in failure.reason
+    assert GEANT4_REASON in failure.reason
     (success,) = [parse_event(d.body) for d in done]
     assert isinstance(success, SplitDone)
     assert success.work.file.lfn == "NTUP.good.root"
     assert [r.last_event for r in success.ranges] == [500, 1000, 1500, 2000, 2421]
+    await splitter.stop()
+
+
+def cache_corrupt(settings: EdgeSettings, lfn: str) -> Path:
+    """A cached copy of HZZ that ends half way: the precacher's download was cut short."""
+    target = cache_path(settings.edge_cache_dir, SCOPE, lfn)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    content = Path(skhep_testdata.data_path("uproot-HZZ.root")).read_bytes()
+    target.write_bytes(content[: len(content) // 2])
+    return target
+
+
+async def test_corrupt_file_fails_for_good_and_is_never_delivered_whole(tmp_path: Path) -> None:
+    settings = edge_settings(tmp_path)
+    assert settings.split_unsplittable == "whole"
+    lfn = "NTUP.cut-short.root"
+    cache_corrupt(settings, lfn)
+    store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
+    await store.start()
+
+    with pytest.raises(PermanentError) as raised:
+        await Splitter(settings, IDLE_BUS, store).handle_file_cached(
+            file_cached(settings, lfn, HZZ_EVENTS)
+        )
+
+    assert "corrupt ROOT file: it is truncated" in str(raised.value)
+    assert not (tmp_path / "objects" / "ranges").exists()
+    split_dir = settings.edge_cache_dir / "split"
+    assert not split_dir.exists() or list(split_dir.iterdir()) == []
+
+
+async def test_through_the_bus_a_corrupt_file_fails_once_without_retries(
+    bus: Bus, unique: UniqueNames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = edge_settings(tmp_path)
+    store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
+    await store.start()
+    splits: list[str] = []
+    real_split = split_file
+
+    async def counted(source: Path, *args: Any) -> Any:
+        splits.append(source.name)
+        return await real_split(source, *args)
+
+    monkeypatch.setattr(service, "split_file", counted)
+    splitter = Splitter(settings, bus, store)
+    await splitter.start()
+    done = await watch(bus, unique, f"split.done.{EDGE}")
+    failed = await watch(bus, unique, f"file.failed.{EDGE}")
+    cache_corrupt(settings, "NTUP.cut-short.root")
+    cache(settings, "uproot-HZZ.root", "NTUP.good.root")
+
+    await publish_event(bus, file_cached(settings, "NTUP.cut-short.root", HZZ_EVENTS))
+    await publish_event(bus, file_cached(settings, "NTUP.good.root", HZZ_EVENTS))
+
+    await eventually(lambda: failed and done, message="file.failed and split.done")
+    (failure,) = [parse_event(d.body) for d in failed]
+    assert isinstance(failure, FileFailed)
+    assert failure.work.file.lfn == "NTUP.cut-short.root"
+    assert failure.retryable is False
+    assert "corrupt ROOT file: it is truncated" in failure.reason
+    # Tried once: a corrupt file is not retried as if the failure were transient.
+    assert splits.count("NTUP.cut-short.root") == 1
+    (success,) = [parse_event(d.body) for d in done]
+    assert isinstance(success, SplitDone)
+    assert success.work.file.lfn == "NTUP.good.root"
+    assert not (tmp_path / "objects" / "ranges" / SCOPE / "NTUP.cut-short.root").exists()
     await splitter.stop()

@@ -30,8 +30,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from ess_splitter.rootsplit import RangeFile, check_name_prefix, file_adler32, range_file_name
-from ess_splitter.treelayout import SplitError
+from ess_split.errors import SplitError
+from ess_split.split import RangeFile, check_name_prefix, file_adler32, range_file_name
 
 __all__ = ["PLACEHOLDERS", "CommandFailed", "CommandTemplate", "split_with_command"]
 

@@ -1,21 +1,24 @@
 """The splitter daemon of one edge.
 
 Consumes `file.cached.<edge>`; cuts the cached file into ranges of the request's size (with
-uproot, or with the operator's command template when `split_command` is set), uploads each under
-its deterministic key and emits `split.done.<edge>` with every range, its key, size and adler32.
-A file that uproot cannot split faithfully is delivered whole as one range or reported as failed
-for good, as `split_unsplittable` says; objects left out of the range files are logged. Every
-range file exists before the first upload, so a failed split uploads nothing.
+ESS's split engine, `ess_split`, or with the operator's command template when `split_command` is
+set), uploads each under its deterministic key and emits `split.done.<edge>` with every range,
+its key, size and adler32. A file the engine does not cut is delivered whole as one range or
+reported as failed for good, as `split_unsplittable` says; a corrupt file fails for good at once,
+with how it is corrupt; objects left out of the range files are logged. Every range file exists
+before the first upload, so a failed split uploads nothing.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import structlog
 
+from ess_common import metrics, tracing
 from ess_common.cache_space import unpin
 from ess_common.edge_work import CancelledRequests, cache_path, cached_queue, work_handler
 from ess_common.errors import PermanentError, RetryableError
@@ -23,8 +26,8 @@ from ess_common.events import FileCached, RangeInfo, SplitDone
 from ess_common.messaging.bus import Bus
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
-from ess_splitter.parallel import split_file_parallel
-from ess_splitter.rootsplit import SplitError, SplitResult
+from ess_split.errors import SplitError
+from ess_split.split import SplitResult
 from ess_splitter.strategy import SplitOptions, split_file
 
 log = structlog.get_logger("ess.splitter")
@@ -47,9 +50,11 @@ class Splitter:
             raise RetryableError(f"{source} is no longer in the cache")
         out_dir = self.cache_dir / "split" / f"f{work.file_id}.a{work.attempt}"
         shutil.rmtree(out_dir, ignore_errors=True)
+        started = time.perf_counter()
         try:
             try:
-                result = await self._split(source, out_dir, work.events_per_range, f.n_events)
+                with tracing.span("split.file", size=f.size, events=f.n_events):
+                    result = await self._split(source, out_dir, work.events_per_range, f.n_events)
             except SplitError as exc:
                 raise PermanentError(str(exc)) from exc
             if result.whole_reason is not None:
@@ -82,6 +87,11 @@ class Splitter:
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
         log.info("file.split", lfn=f.lfn, ranges=len(ranges))
+        edge = self.settings.edge_name
+        metrics.SPLIT_SECONDS.labels(edge, "prepared").observe(time.perf_counter() - started)
+        metrics.SPLIT_INPUT_BYTES.labels(edge, "prepared").inc(f.size)
+        metrics.SPLIT_OUTPUT_BYTES.labels(edge, "prepared").inc(sum(r.size for r in ranges))
+        metrics.SPLIT_RANGES.labels(edge, "prepared").inc(len(ranges))
         # Uploaded: the input may now be evicted and the room held for the split is free.
         unpin(self.cache_dir, work.file_id, work.attempt)
         return SplitDone(work=work, ranges=ranges, correlation_id=event.correlation_id)
@@ -89,17 +99,7 @@ class Splitter:
     async def _split(
         self, source: Path, out_dir: Path, events_per_range: int, n_events: int
     ) -> SplitResult:
-        options = self.split_options
-        if self.settings.split_workers == 1 or options.command is not None:
-            return await split_file(source, out_dir, events_per_range, n_events, options)
-        return await split_file_parallel(
-            source,
-            out_dir,
-            events_per_range,
-            n_events,
-            options,
-            workers=self.settings.split_workers,
-        )
+        return await split_file(source, out_dir, events_per_range, n_events, self.split_options)
 
     async def start(self) -> None:
         await self.bus.consume(

@@ -5,10 +5,12 @@ the edge's ``SplitOptions``. Produces a ``SplitResult`` in ``out_dir``, by one o
 
 - a configured command template (``command``), run once per range, for formats that need the
   experiment's framework;
-- otherwise uproot (``rootsplit``), which slices the event trees and carries the rest;
-- when uproot cannot split the file faithfully (``UnsplittableFile``, detected before anything
-  is written) and the policy is "whole": the file itself, byte for byte, as one range 1..N. With
-  policy "fail" the ``UnsplittableFile`` is raised, naming the tree, branch and type.
+- otherwise ESS's split engine (``ess_split``), which cuts every event tree and RNTuple whatever
+  its branches hold and carries the rest, its ranges shared among worker processes;
+- when the engine cannot cut the file (``UnsplittableFile``, detected before anything is
+  written) and the policy is "whole": the file itself, byte for byte, as one range 1..N. With
+  policy "fail" the ``UnsplittableFile`` is raised, naming the container and why. A corrupt
+  file (``CorruptFile``) is never delivered whole: it fails.
 
 Every way leaves either all its range files or none.
 """
@@ -16,26 +18,17 @@ Every way leaves either all its range files or none.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from ess_common.settings import EdgeSettings
+from ess_split.errors import UnsplittableFile
+from ess_split.format.codecs import Compression, parse_compression
+from ess_split.parallel import split_root_file_parallel
+from ess_split.split import SplitResult, plan_ranges
+from ess_split.whole import deliver_whole
 from ess_splitter.command import CommandTemplate, split_with_command
-from ess_splitter.compression import parse_compression
-from ess_splitter.rootsplit import (
-    RangeFile,
-    SplitResult,
-    UnsplittableFile,
-    check_name_prefix,
-    file_adler32,
-    plan_ranges,
-    range_file_name,
-    split_root_file,
-)
 
 __all__ = ["SplitOptions", "deliver_whole", "split_file"]
 
@@ -46,11 +39,13 @@ class SplitOptions:
 
     unsplittable: Literal["whole", "fail"] = "whole"
     uncarried: Literal["skip", "unsplittable"] = "skip"
-    #: An uproot compression object, or None to keep the source's.
-    compression: Any = None
+    #: The range files' compression, or None to keep the source's.
+    compression: Compression | None = None
     command: CommandTemplate | None = None
     command_timeout_s: float = 600.0
     name_prefix: str = "range"
+    #: Worker processes sharing one file's ranges (0: the cores this process may use).
+    workers: int = 1
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings) -> SplitOptions:
@@ -61,6 +56,7 @@ class SplitOptions:
             compression=parse_compression(settings.split_compression),
             command=None if command is None else CommandTemplate.parse(command),
             command_timeout_s=settings.split_command_timeout_s,
+            workers=settings.split_workers,
         )
 
 
@@ -86,10 +82,11 @@ async def split_file(
         return SplitResult(written)
     try:
         return await asyncio.to_thread(
-            split_root_file,
+            split_root_file_parallel,
             source,
             out_dir,
             events_per_range,
+            workers=options.workers,
             n_events=n_events,
             compression=options.compression,
             name_prefix=options.name_prefix,
@@ -102,27 +99,3 @@ async def split_file(
             deliver_whole, source, out_dir, n_events, options.name_prefix
         )
         return SplitResult([whole], whole_reason=str(exc))
-
-
-def deliver_whole(
-    source: Path, out_dir: Path, n_events: int, name_prefix: str = "range"
-) -> RangeFile:
-    """``source`` itself as the one range file of events 1..n_events."""
-    check_name_prefix(name_prefix)
-    source, out_dir = Path(source), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / range_file_name(name_prefix, 1, n_events)
-    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
-    try:
-        try:
-            # A hard link is the same bytes without copying gigabytes when the cache and the
-            # output share a file system; the cached file is never written to.
-            os.link(source, temp)
-        except OSError:
-            shutil.copyfile(source, temp)
-        size, adler32 = file_adler32(temp)
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return RangeFile(1, n_events, final, size, adler32)

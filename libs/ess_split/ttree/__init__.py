@@ -1,0 +1,1 @@
+"""TTrees at the level of the format: their records, their baskets, and range files' trees."""
