@@ -165,7 +165,9 @@ class PilotClient:
             try:
                 wanted.append((i, EventRange.from_panda(item)))
             except BadRange as exc:
-                outcomes[i] = RangeOutcome(item, reason=f"not a PanDA event range: {exc}")
+                outcomes[i] = RangeOutcome(
+                    item, reason=f"not a PanDA event range: {exc}", code="bad_range"
+                )
         progress = self._make_progress()
         self.downloader.progress = progress
         try:
@@ -223,7 +225,8 @@ class PilotClient:
 
     async def _serve(self, r: EventRange, answer: list[Piece] | str) -> RangeOutcome:
         if isinstance(answer, str):
-            return RangeOutcome(r.original, reason=answer)
+            code = answer.code if isinstance(answer, Refused) else None
+            return RangeOutcome(r.original, reason=str(answer), code=code)
         got = await asyncio.gather(
             *(self.downloader.get(p, r.scope, r.lfn) for p in answer), return_exceptions=True
         )
@@ -399,10 +402,19 @@ def _results(
     return results
 
 
-class NotPrepared(str):
-    """Why a range failed, when it failed because no request prepared it."""
+class Refused(str):
+    """Why ESS refused a range, with the refusal's `code`."""
 
-    __slots__ = ()
+    code: str = ""
+
+    def __new__(cls, reason: str, code: str) -> Refused:
+        made = super().__new__(cls, reason)
+        made.code = code
+        return made
+
+
+class NotPrepared(Refused):
+    """Why a range failed, when it failed because no request prepared it."""
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -416,7 +428,10 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 def _pieces(r: EventRange, result: Mapping[str, Any]) -> list[Piece] | str:
     if result.get("status") != "ok":
         reason = str(result.get("reason") or f"the lookup answered status {result.get('status')!r}")
-        return NotPrepared(reason) if result.get("code") == "not_prepared" else reason
+        code = result.get("code")
+        if code == "not_prepared":
+            return NotPrepared(reason, code)
+        return Refused(reason, code) if isinstance(code, str) and code else reason
     try:
         pieces = result.get("pieces")
         if not isinstance(pieces, list):

@@ -238,6 +238,10 @@ class RangeOutcome:
     original: Mapping[str, Any]
     pieces: tuple[ServedPiece, ...] = ()
     reason: str | None = None
+    #: Why ESS refused the range, for a program: `bad_range`, `outside_file`, `unknown_file`
+    #: or `not_prepared` (as the lookup answers them); None when it failed otherwise (a
+    #: download, a checksum, the head unreachable).
+    code: str | None = None
 
     @property
     def ok(self) -> bool:

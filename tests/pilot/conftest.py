@@ -13,9 +13,9 @@ import httpx
 import pytest
 import skhep_testdata
 
-from ess_cli.embedded import Embedded, embedded_settings, free_port
+from ess_cli.embedded import Embedded, embedded_settings
 from ess_common.checksums import adler32_of_file
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 from tests.pilot.support import EVENTS_PER_RANGE, SCOPE, SOURCES, TASK, Prepared
 
 

@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from ess_cli.embedded import Embedded, free_port
+from ess_cli.embedded import Embedded
 from ess_common.checksums import adler32_of_bytes
 from ess_common.store.local import LocalStore
 from ess_pilot import PilotClient, PilotOptions
+from tests.helpers import free_port
 
 SCOPE = "mc23_13p6TeV"
 EVENTS_PER_RANGE = 500

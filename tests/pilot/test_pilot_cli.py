@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ess_cli.embedded import free_port
+from tests.helpers import free_port
 from tests.pilot.support import Prepared, subprocess_env
 
 
@@ -25,7 +27,8 @@ class Run:
         return data
 
 
-async def ess_pilot(*args: str, stdin: str = "") -> Run:
+async def ess_pilot(*args: str, stdin: str = "", stderr: int | None = None) -> Run:
+    """`stderr`: a descriptor for the command's stderr (else it is read into `Run.stderr`)."""
     # A child process, awaited: the embedded ESS answering it runs on this event loop.
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -34,12 +37,12 @@ async def ess_pilot(*args: str, stdin: str = "") -> Run:
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if stderr is None else stderr,
         env=subprocess_env(),
     )
     out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
     assert process.returncode is not None
-    return Run(process.returncode, out.decode(), err.decode())
+    return Run(process.returncode, out.decode(), (err or b"").decode())
 
 
 def fetch_args(head: str, dest: Path, *more: str) -> list[str]:
@@ -113,3 +116,43 @@ async def test_wrong_input_exits_1(prepared: Prepared, tmp_path: Path) -> None:
     assert run.code == 1 and "cannot read the event ranges" in run.stderr
     run = await ess_pilot("fetch", "--dest", str(tmp_path), "-")
     assert run.code == 1 and "--head" in run.stderr
+
+
+async def test_a_terminal_gets_the_progress_line_a_pipe_does_not(
+    prepared: Prepared, tmp_path: Path
+) -> None:
+    """No flag given: stderr on a terminal (a pseudo-terminal here) shows the download's
+    progress; the JSON on stdout, a pipe, stays clean."""
+    ranges = json.dumps([prepared.range(prepared.lfns[0], 5, 6, 1)])
+    terminal, seen_by_process = pty.openpty()
+    try:
+        try:
+            run = await ess_pilot(
+                *fetch_args(prepared.url, tmp_path / "dest", "-"),
+                stdin=ranges,
+                stderr=seen_by_process,
+            )
+        finally:
+            os.close(seen_by_process)
+        shown = await asyncio.to_thread(read_all, terminal)
+    finally:
+        os.close(terminal)
+    assert run.code == 0, shown
+    assert "ess-pilot: 1/1 files (0 reused, 0 failed)" in shown
+    assert "\r" in shown, "the line is redrawn in place"
+    assert "ess-pilot" not in run.stdout
+    assert run.payload()[0]["PFN"]
+
+
+def read_all(fd: int) -> str:
+    """What a process wrote to its terminal, once it has closed it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")

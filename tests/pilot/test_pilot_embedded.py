@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ess_cli.compare import compare_events
-from ess_cli.embedded import free_port
 from ess_common.checksums import adler32_of_file
 from ess_pilot import FetchResult, PilotClient, SyncPilotClient
+from tests.helpers import free_port
 from tests.pilot.support import (
     FAST,
     Prepared,

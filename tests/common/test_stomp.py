@@ -1,0 +1,135 @@
+"""PanDA over STOMP 1.2, on RabbitMQ's STOMP plugin, with PanDA's own client (panda-common's
+`MBSenderProxy` and `MBListenerProxy`, in child processes): requests in through the ingress,
+with the same idempotency and dead-lettering as over AMQP; notices out to PanDA's destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from ess_broker.service import Broker
+from ess_common.db.models import DeadLetter, File, Request, RequestStatus
+from ess_common.db.requests import record_request
+from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.events import RequestReady, RequestSpec
+from ess_common.messaging.bus import Bus
+from ess_common.messaging.memory import MemoryBus
+from ess_common.messaging.stomp import StompAddress, StompIngress, StompLink, StompPublisher
+from ess_common.settings import HeadSettings
+from ess_notifier.service import Notifier
+from tests.broker.factories import request_spec
+from tests.conftest import AmqpServer
+from tests.helpers import eventually
+from tests.panda_stomp import start
+
+STOMP_URL = os.environ.get("ESS_TEST_STOMP_URL", "stomp://guest:guest@127.0.0.1:61613/")
+
+
+def test_the_stomp_url_names_the_virtual_host() -> None:
+    assert StompAddress.parse("stomp://u:p%40ss@mq.cern.ch:61614/atlas") == StompAddress(
+        "mq.cern.ch", 61614, "atlas", "u", "p@ss", tls=False
+    )
+    assert StompAddress.parse("stomp+ssl://mq:61612").vhost == "/"
+    with pytest.raises(ValueError, match="stomp://"):
+        StompAddress.parse("amqp://guest@127.0.0.1/")
+
+
+@pytest.fixture
+async def stomp_queue(amqp_server: AmqpServer) -> AsyncIterator[str]:
+    """A STOMP queue destination of this test's own (RabbitMQ declares it on first use)."""
+    await amqp_server.check()
+    name = f"ess-t-{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        await amqp_server.delete([name], [])
+
+
+async def _sent(tmp_path: Path, destination: str, *bodies: str) -> None:
+    files = []
+    for i, body in enumerate(bodies):
+        path = tmp_path / f"message-{i}.json"
+        path.write_text(body)
+        files.append(str(path))
+    process = start(tmp_path / "panda-sender", "send", destination, *files)
+    out, err = await asyncio.to_thread(process.communicate, timeout=60)
+    assert process.returncode == 0 and "sent" in out, err[-2000:]
+
+
+@pytest.mark.parametrize("bus", ["amqp"], indirect=True)
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_requests_sent_by_pandas_client_over_stomp_are_recorded_once(
+    tmp_path: Path, bus: Bus, sessions: SessionMaker, stomp_queue: str
+) -> None:
+    broker = Broker(HeadSettings(), bus, sessions)
+    await broker.start()
+    ingress = StompIngress(StompLink(STOMP_URL), f"/queue/{stomp_queue}", bus)
+    await ingress.start()
+    try:
+        good = request_spec("jedi-stomp-1").model_dump_json()
+        await _sent(tmp_path, f"/queue/{stomp_queue}", good, good, "this is not JSON {")
+
+        async def settled() -> bool:
+            async with sessions() as session:
+                requests = (await session.scalars(select(Request))).all()
+                dead = (await session.scalars(select(DeadLetter))).all()
+            return len(requests) == 1 and len(dead) == 1
+
+        await eventually(settled, timeout=30)
+        async with sessions() as session:
+            (request,) = (await session.scalars(select(Request))).all()
+            (dead,) = (await session.scalars(select(DeadLetter))).all()
+            files = (await session.scalars(select(File))).all()
+        assert request.idempotency_key == "jedi-stomp-1"
+        assert len(files) == len(request_spec("jedi-stomp-1").files)
+        assert dead.queue == f"{bus.exchange}.broker.requests"
+        assert "invalid message" in dead.reason and dead.body == "this is not JSON {"
+    finally:
+        await ingress.stop()
+        await broker.stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_notices_reach_pandas_listener_over_stomp(
+    tmp_path: Path, sessions: SessionMaker, stomp_queue: str
+) -> None:
+    destination = f"/queue/{stomp_queue}"
+    listener = start(tmp_path / "panda-listener", "listen", destination, "1", "60")
+    assert listener.stdout is not None
+    line = await asyncio.to_thread(listener.stdout.readline)
+    assert line.strip() == "listening", line
+    settings = HeadSettings(stomp_url=STOMP_URL, stomp_notice_destination=destination)
+    stomp = StompPublisher(StompLink(STOMP_URL))
+    async with httpx.AsyncClient() as http:
+        notifier = Notifier(settings, MemoryBus("unused"), sessions, http, stomp)
+        spec = RequestSpec.model_validate(request_spec("jedi-stomp-2").model_dump())
+        async with unit_of_work(sessions) as session:
+            request, _ = await record_request(session, spec)
+            request.status = RequestStatus.READY
+        ready = RequestReady(
+            request_id=request.id,
+            dataset=request.dataset,
+            idempotency_key=request.idempotency_key,
+            n_files=1,
+            n_ranges=3,
+        )
+        try:
+            async with unit_of_work(sessions) as session:
+                await notifier.handle_request_event(session, ready)
+            assert await notifier.deliver_due() == 2  # the AMQP message and the STOMP one
+        finally:
+            await stomp.close()
+    out, err = await asyncio.to_thread(listener.communicate, timeout=60)
+    assert listener.returncode == 0, err[-2000:]
+    (received,) = [json.loads(json.loads(line)["body"]) for line in out.splitlines()]
+    assert received["event"] == "request.ready"
+    assert (received["request_id"], received["n_ranges"]) == (request.id, 3)
