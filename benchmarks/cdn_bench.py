@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,18 +30,13 @@ from urllib.parse import urlsplit
 import aio_pika
 import httpx
 
+from ess_cli.embedded import free_port
 from ess_common.store.s3 import S3Store
 
 PILOT_TOKEN = "cdn-bench-pilot-token"
 CONCURRENCY = 8
 ZIPF_S = 1.1
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _local(url: str, what: str) -> str:
@@ -237,7 +231,7 @@ async def run_cdn(
     keys = [f"ranges/bench/{tag}/{i:04d}.root" for i in range(n_objects)]
     weights = [1 / (i + 1) ** ZIPF_S for i in range(n_objects)]
     asked = rng.choices(range(n_objects), weights, k=n_downloads)
-    port = _free_port()
+    port = free_port()
     edge_url = f"http://127.0.0.1:{port}"
     edge: subprocess.Popen[bytes] | None = None
     try:

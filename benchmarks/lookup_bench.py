@@ -43,7 +43,6 @@ import random
 import secrets
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from benchmarks.machine import describe_machine
+from ess_cli.embedded import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = os.environ.get(
@@ -205,12 +205,6 @@ def serve_head() -> None:
     settings = HeadSettings()
     configure_logging(settings.log_format, settings.log_level)
     serve(settings)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

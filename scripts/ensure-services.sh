@@ -9,6 +9,14 @@
 #                      region us-east-1, with memcached on :11211
 #   XRootD      :1094  root://127.0.0.1:1094//PATH serves $ESS_STATE_DIR/xrootd/data/PATH,
 #                      read-only, to this machine only
+#   Prometheus         the `prometheus` binary (Debian's package); each test that needs one
+#                      starts its own, with its own config, data directory and port
+#   Chromium           /usr/bin/chromium (Debian's package), which Playwright drives headless
+#                      for the dashboard's tests; never a browser download
+#   STOMP       :61613 RabbitMQ's STOMP plugin (guest/guest, virtual host /)
+#   Rucio       :8095  the `rucio` server package from PyPI in a venv of its own
+#                      ($ESS_STATE_DIR/rucio) under gunicorn, on database `rucio` of the
+#                      PostgreSQL above; root account, userpass ess/ess-rucio-test
 #
 # Idempotent: whatever already answers is left alone, so a warm run only probes. Everything it
 # starts keeps running after it exits. Swift's configs, rings, data, logs and pid files live in
@@ -53,16 +61,21 @@ listening() {
     (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null
 }
 
-# Swift's healthcheck answers "200 OK" on every server; pure bash so a warm run stays fast.
-healthy() {
+# http_ok PORT PATH: whether GET PATH answers 200; pure bash so a warm run stays fast.
+http_ok() {
     local status
     status=$(
         exec 2>/dev/null
         exec 3<>/dev/tcp/127.0.0.1/"$1" || exit 1
-        printf 'GET /healthcheck HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+        printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
         IFS= read -r -t 2 line <&3 && printf '%s' "$line"
     ) || return 1
     [[ $status == *" 200 "* ]]
+}
+
+# Swift's healthcheck answers "200 OK" on every server.
+healthy() {
+    http_ok "$1" /healthcheck
 }
 
 # wait_for COMMAND...: polls COMMAND until it succeeds or TIMEOUT seconds pass.
@@ -504,6 +517,181 @@ PYTHON
     ((status == 0)) || die "root://127.0.0.1:$XROOTD_PORT does not serve $XROOTD_DIR/data"
 }
 
+# --- Prometheus and Chromium ---------------------------------------------------------------
+
+ensure_prometheus() {
+    command -v prometheus >/dev/null || apt_install prometheus
+    # The package may also run a server of its own (on :9090, where an init system starts it);
+    # the tests never use it: each starts one with its own config on a free port.
+    say prometheus "$(prometheus --version 2>&1 | head -n1)"
+}
+
+ensure_chromium() {
+    [[ -x /usr/bin/chromium ]] || apt_install chromium
+    say chromium "$(/usr/bin/chromium --version 2>/dev/null | head -n1)"
+}
+
+# --- STOMP (RabbitMQ's plugin) --------------------------------------------------------------
+
+STOMP_PORT=61613
+
+# PanDA's message clients speak STOMP 1.2: the plugin serves it on the same broker. Enabling an
+# enabled plugin changes nothing, and a running node starts the plugin without a restart.
+ensure_stomp() {
+    if listening "$STOMP_PORT"; then
+        say stomp "already up (127.0.0.1:$STOMP_PORT)"
+        return
+    fi
+    "${SUDO[@]}" rabbitmq-plugins enable --quiet rabbitmq_stomp >/dev/null 9>&- ||
+        die "rabbitmq-plugins enable rabbitmq_stomp failed"
+    wait_for listening "$STOMP_PORT" ||
+        die "the STOMP plugin is enabled but nothing listens on 127.0.0.1:$STOMP_PORT"
+    say stomp "started (127.0.0.1:$STOMP_PORT)"
+}
+
+# --- Rucio ----------------------------------------------------------------------------------
+
+RUCIO_VERSION=41.5.1
+RUCIO_PORT=8095
+RUCIO_DIR=$STATE_DIR/rucio
+RUCIO_DATABASE=rucio
+RUCIO_USER=ess
+RUCIO_PASSWORD=ess-rucio-test
+
+rucio_answers() {
+    http_ok "$RUCIO_PORT" /ping
+}
+
+# The server package and the project's client package both provide the `rucio` module: the
+# server lives in a venv of its own, installed once per version.
+install_rucio() {
+    local stamp=$RUCIO_DIR/venv/.ess-rucio-$RUCIO_VERSION
+    [[ -f $stamp ]] && return
+    say rucio "installing rucio $RUCIO_VERSION into $RUCIO_DIR/venv"
+    rm -rf "$RUCIO_DIR/venv"
+    mkdir -p "$RUCIO_DIR"
+    python3 -m venv "$RUCIO_DIR/venv" || die "python3 -m venv $RUCIO_DIR/venv failed"
+    "$RUCIO_DIR/venv/bin/python" -m pip install -q --disable-pip-version-check \
+        "rucio[postgresql]==$RUCIO_VERSION" gunicorn >"$RUCIO_DIR/pip.log" 2>&1 ||
+        die "pip install rucio==$RUCIO_VERSION failed; see $RUCIO_DIR/pip.log"
+    touch "$stamp"
+}
+
+write_rucio_configs() {
+    local package
+    package=$("$RUCIO_DIR/venv/bin/python" -c \
+        'import os, rucio; print(os.path.dirname(rucio.__file__))') ||
+        die "the rucio package does not import from $RUCIO_DIR/venv"
+    mkdir -p "$RUCIO_DIR/etc" "$RUCIO_DIR/log" "$RUCIO_DIR/run"
+    # psycopg 3: the server's connect hook fails with psycopg2. The cache points at a port
+    # nobody serves: a memcached that answers (Swift's) would keep answers across databases.
+    cat >"$RUCIO_DIR/etc/rucio.cfg" <<CONFIG
+[common]
+logdir = $RUCIO_DIR/log
+loglevel = WARNING
+
+[database]
+default = postgresql+psycopg://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/$RUCIO_DATABASE
+pool_size = 10
+max_overflow = 20
+
+[bootstrap]
+userpass_identity = $RUCIO_USER
+userpass_pwd = $RUCIO_PASSWORD
+userpass_email = ess@localhost
+
+[alembic]
+cfg = $RUCIO_DIR/etc/alembic.ini
+
+[cache]
+url = 127.0.0.1:1
+
+[policy]
+permission = generic
+schema = generic
+lfn2pfn_algorithm_default = hash
+
+[monitor]
+enable_metrics = False
+CONFIG
+    cat >"$RUCIO_DIR/etc/alembic.ini" <<CONFIG
+[alembic]
+script_location = $package/db/sqla/migrate_repo
+sqlalchemy.url = postgresql+psycopg://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/$RUCIO_DATABASE
+
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = generic
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = generic
+
+[formatter_generic]
+format = %(levelname)s %(name)s %(message)s
+CONFIG
+}
+
+# Schema, base VO and root account, once per database.
+bootstrap_rucio() {
+    if [[ -z $(pg_psql -d postgres -c \
+        "SELECT 1 FROM pg_database WHERE datname = '$RUCIO_DATABASE'") ]]; then
+        pg_psql -d postgres -c "CREATE DATABASE $RUCIO_DATABASE" >/dev/null
+    fi
+    [[ -n $(pg_psql -d "$RUCIO_DATABASE" -c "SELECT to_regclass('alembic_version')") ]] && return
+    RUCIO_CONFIG=$RUCIO_DIR/etc/rucio.cfg "$RUCIO_DIR/venv/bin/python" - \
+        >>"$RUCIO_DIR/log/bootstrap.log" 2>&1 <<'PYTHON' ||
+from rucio.db.sqla.util import build_database, create_base_vo, create_root_account
+
+build_database()
+create_base_vo()
+create_root_account()
+PYTHON
+        die "building the Rucio database failed; see $RUCIO_DIR/log/bootstrap.log"
+}
+
+is_our_rucio() {
+    [[ -r /proc/$1/cmdline ]] &&
+        tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "gunicorn.*127.0.0.1:$RUCIO_PORT"
+}
+
+ensure_rucio() {
+    local pidfile=$RUCIO_DIR/run/gunicorn.pid pid
+    if rucio_answers; then
+        say rucio "already up (http://127.0.0.1:$RUCIO_PORT)"
+        return
+    fi
+    install_rucio
+    write_rucio_configs
+    bootstrap_rucio
+    # A hung server would keep the port from the new one.
+    if [[ -s $pidfile ]] && pid=$(<"$pidfile") && is_our_rucio "$pid"; then
+        kill "$pid" 2>/dev/null || true
+        for _ in {1..50}; do
+            listening "$RUCIO_PORT" || break
+            sleep 0.2
+        done
+    fi
+    listening "$RUCIO_PORT" && die "127.0.0.1:$RUCIO_PORT is taken by something that is not Rucio"
+    RUCIO_CONFIG=$RUCIO_DIR/etc/rucio.cfg setsid "$RUCIO_DIR/venv/bin/gunicorn" \
+        --bind "127.0.0.1:$RUCIO_PORT" --workers 2 --threads 4 --timeout 120 --keep-alive 75 \
+        --pid "$pidfile" rucio.web.rest.flaskapi.v1.main:application \
+        </dev/null >>"$RUCIO_DIR/log/gunicorn.log" 2>&1 9>&- &
+    wait_for rucio_answers ||
+        die "rucio did not answer on 127.0.0.1:$RUCIO_PORT within ${TIMEOUT}s; see $RUCIO_DIR/log/"
+    say rucio "started (http://127.0.0.1:$RUCIO_PORT, state $RUCIO_DIR)"
+}
+
 # Two test runs at once would race to start the same servers. Whatever starts a server closes
 # fd 9 for it, or the lock would live as long as the server does.
 mkdir -p "$STATE_DIR"
@@ -512,7 +700,11 @@ flock -w "$TIMEOUT" 9 || die "another ensure-services.sh held $STATE_DIR/ensure-
 
 ensure_postgres
 ensure_rabbitmq
+ensure_stomp
 ensure_swift
 check_s3
 ensure_xrootd
 check_xrootd
+ensure_prometheus
+ensure_chromium
+ensure_rucio

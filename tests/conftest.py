@@ -16,9 +16,9 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -48,6 +48,10 @@ from ess_common.store.base import ObjectStore  # noqa: E402
 from ess_common.store.local import LocalStore  # noqa: E402
 from ess_common.store.s3 import S3Store  # noqa: E402
 from tests.helpers import S3Settings, UniqueNames  # noqa: E402
+from tests.rucio_server import RUCIO_URL, RucioServer, RucioWorld  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.e2e.deployment import Deployment
 
 DATABASE_URL = os.environ.get(
     "ESS_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/ess_test"
@@ -65,6 +69,54 @@ MAX_ATTEMPTS = 3
 RETRY_BACKOFF_S = 0.05
 LOCAL_STORE_BASE_URL = "http://testserver"
 LOCAL_STORE_SECRET = b"k"
+
+
+# --- which tests need a server ---------------------------------------------------------------
+
+#: Fixtures that contact their server when they are set up.
+_SERVER_FIXTURES = frozenset({"pg_url", "amqp_url", "s3_settings", "xrootd"})
+#: Fixtures that stand for a server and contact it only when asked to (their `url()` or
+#: `check()`): a test needs the server when it, or a fixture of its own, takes one.
+_LAZY_SERVERS = frozenset({"postgres_server", "amqp_server", "s3_server"})
+#: Fixtures run once per backend, which take a lazy server for one of their parameters only.
+_BACKENDS = {"db_url": "postgresql", "bus": "amqp", "store": "s3"}
+
+
+def needs_server(item: pytest.Item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    if names & _SERVER_FIXTURES:
+        return True
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    if any(params.get(fixture) == server for fixture, server in _BACKENDS.items()):
+        return True
+    takers: set[str] = set(getattr(getattr(item, "_fixtureinfo", None), "argnames", ()))
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    for name, defs in definitions.items():
+        if name not in _BACKENDS:
+            takers.update(arg for d in defs for arg in d.argnames)
+    return bool(takers & _LAZY_SERVERS)
+
+
+#: Tests that need no server but take seconds each: ROOT splitting, the API's fuzzing, whole
+#: flows and benchmark runs. The fast path (`scripts/test.sh --fast`) leaves them out too.
+_SLOW = (
+    "tests/splitter/",
+    "tests/e2e/",
+    "tests/benchmarks/",
+    "tests/cli/",
+    "tests/head_api/test_api_fuzz.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need a server `servers`, and the slow ones `slow`: the fast path is
+    `-m "not servers and not slow"`."""
+    for item in items:
+        if needs_server(item):
+            item.add_marker(pytest.mark.servers)
+        if item.nodeid.startswith(_SLOW):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -198,26 +250,46 @@ async def pg_url(postgres_server: PostgresServer) -> str:
     return await postgres_server.url()
 
 
-async def _migrated_sqlite(directory: Path) -> str:
-    url = f"sqlite+aiosqlite:///{directory / 'ess.db'}"
-    await upgrade(url)
-    return url
+class SqliteTemplate:
+    """A SQLite file migrated once per session (by the migrations, as a deployment's), copied
+    for each test that wants a fresh database: the migrations' time is spent once, not per
+    test."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "template.db"
+        self._made = False
+
+    async def copy_to(self, directory: Path) -> str:
+        if not self._made:
+            await upgrade(f"sqlite+aiosqlite:///{self.path}")
+            self._made = True
+        target = directory / "ess.db"
+        shutil.copyfile(self.path, target)
+        return f"sqlite+aiosqlite:///{target}"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplate:
+    return SqliteTemplate(tmp_path_factory.mktemp("sqlite-template"))
 
 
 @pytest.fixture
-async def sqlite_url(tmp_path: Path) -> str:
+async def sqlite_url(tmp_path: Path, sqlite_template: SqliteTemplate) -> str:
     """SQLAlchemy URL of a fresh, migrated SQLite file in this test's tmp_path."""
-    return await _migrated_sqlite(tmp_path)
+    return await sqlite_template.copy_to(tmp_path)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def db_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_server: PostgresServer
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    sqlite_template: SqliteTemplate,
 ) -> str:
     """Either database, migrated and empty: SQLite in tmp_path or the session's PostgreSQL
     database with every table truncated before the test."""
     if request.param == "sqlite":
-        return await _migrated_sqlite(tmp_path)
+        return await sqlite_template.copy_to(tmp_path)
     if request.param == "postgresql":
         await postgres_server.truncate()
         return await postgres_server.url()
@@ -416,12 +488,12 @@ async def store(
         try:
             yield s3
         finally:
-            await _empty_and_delete_bucket(s3)
+            await empty_and_delete_bucket(s3)
     finally:
         await s3.close()
 
 
-async def _empty_and_delete_bucket(s3: S3Store) -> None:
+async def empty_and_delete_bucket(s3: S3Store) -> None:
     paginator = s3.client.get_paginator("list_objects_v2")
     async for page in paginator.paginate(Bucket=s3.bucket):
         for item in page.get("Contents", []):
@@ -483,3 +555,45 @@ class XRootDServer:
 def xrootd() -> XRootDServer:
     """The XRootD server, checked to serve its directory."""
     return XRootDServer(XROOTD_URL, XROOTD_DIR).check()
+
+
+# --- a running deployment -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def deployment(
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    amqp_server: AmqpServer,
+    s3_settings: S3Settings,
+) -> AsyncIterator[Deployment]:
+    """Every service its own process on the real servers, with metrics and tokens on
+    (`tests/e2e/deployment.py`)."""
+    from tests.e2e.deployment import running_deployment
+
+    async with running_deployment(
+        tmp_path / "ess", postgres_server, amqp_server, s3_settings
+    ) as running:
+        yield running
+
+
+# --- Rucio --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rucio_server() -> RucioServer:
+    """The Rucio server, not contacted until a test asks for `rucio_world`."""
+    return RucioServer(RUCIO_URL)
+
+
+@pytest.fixture
+def rucio_world(rucio_server: RucioServer) -> Iterator[RucioWorld]:
+    """A scope of this test's own on the Rucio server, for its RSEs, files and datasets."""
+    rucio_server.check()
+    if rucio_server.problem is not None:
+        pytest.fail(rucio_server.problem, pytrace=False)
+    world = rucio_server.world()
+    try:
+        yield world
+    finally:
+        world.cleanup()

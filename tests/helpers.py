@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar, overload
 
+# The one helper for a free port, the embedded mode's own: tests take it from here.
+from ess_cli.embedded import free_port as free_port
 from ess_common.store.s3 import S3Store
 
 T = TypeVar("T")
@@ -115,11 +116,3 @@ class S3Settings:
             "ESS_S3_SECRET_KEY": self.secret_key,
             "ESS_S3_REGION": self.region,
         }
-
-
-def free_port() -> int:
-    """A local TCP port nobody listens on (bound for a moment, then let go): a connection
-    to it is refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -20,6 +20,7 @@ from ess_common.db.migrate import upgrade
 from ess_common.db.session import make_engine, make_session_maker
 from ess_common.messaging.memory import MemoryBus
 from ess_common.messaging.outbox import OutboxRelay
+from ess_common.rucio import make_catalogue
 from ess_common.settings import EdgeSettings, HeadSettings
 from ess_common.store.factory import make_store
 from ess_edge.server import EdgeState, create_edge_app, make_server
@@ -32,9 +33,11 @@ from ess_splitter.service import Splitter
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A local TCP port nobody listens on (bound for a moment, then let go): a connection
+    to it is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def embedded_settings(
@@ -95,8 +98,12 @@ class Embedded:
         http = await self._stack.enter_async_context(
             httpx.AsyncClient(timeout=self.head.callback_timeout_s)
         )
+        # A request naming only its dataset is resolved in Rucio when ESS_RUCIO_URL says where.
+        catalogue = make_catalogue(self.head)
+        if catalogue is not None:
+            self._stack.push_async_callback(catalogue.close)
         daemons: list[Broker | Notifier | Precacher | Splitter | Edge] = [
-            Broker(self.head, self.bus, self.sessions),
+            Broker(self.head, self.bus, self.sessions, catalogue),
             Notifier(self.head, self.bus, self.sessions, http),
         ]
         for edge in self.edges:
@@ -107,15 +114,15 @@ class Embedded:
             self._stack.push_async_callback(state.on_demand.close)
             server = make_server(create_edge_app(state), edge)
             daemons += [
-                Precacher(edge, self.bus),
+                Precacher(edge, self.bus, catalogue),
                 Splitter(edge, self.bus, self.store),
-                Edge(edge, self.bus, children=[], server=server),
+                Edge(edge, self.bus, children=[], server=server, on_demand=state.on_demand),
             ]
         for daemon in daemons:
             await daemon.start()
             self._stack.push_async_callback(daemon.stop)
         relay = OutboxRelay(self.sessions, self.bus)
-        app = create_app(HeadState(self.head, self.sessions, self.store, relay))
+        app = create_app(HeadState(self.head, self.sessions, self.store, relay, catalogue))
         self._server = uvicorn.Server(
             uvicorn.Config(
                 app, host=self.head.api_host, port=self.head.api_port, log_level="warning"

@@ -1,4 +1,5 @@
-"""`ess`: the embedded demo and server, and operator commands."""
+"""`ess`: the embedded demo and server, the database schema, and the operator's commands
+(requests, edges, dead letters; see `ess_cli.operator`). Exit codes: `ess_cli.head_client`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import asyncio
 import json
 from pathlib import Path
 
+from ess_cli import split_command
+from ess_cli.operator import add_commands
+from ess_common import tracing
 from ess_common.db.migrate import upgrade
 from ess_common.logs import configure_logging
 from ess_common.settings import EssSettings
@@ -27,11 +31,14 @@ def _schema_request_created(_: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from ess_cli.demo import demo_main
 
+    tracing.configure("ess")
     demo_main(args.workdir, args.events_per_range, args.edges, not args.keep)
 
 
 def _serve(args: argparse.Namespace) -> None:
     from ess_cli.embedded import Embedded, embedded_settings
+
+    provider = tracing.configure("ess", EssSettings().otlp_endpoint)
 
     async def serve() -> None:
         head, edges = embedded_settings(args.workdir, args.port, args.edges)
@@ -39,7 +46,10 @@ def _serve(args: argparse.Namespace) -> None:
             print(f"ESS embedded on {ess.url} (Ctrl-C stops)", flush=True)
             await ess.wait()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        provider.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--edges", type=int, default=2)
     serve.set_defaults(run=_serve)
 
+    split_command.add_parser(commands)
+
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(required=True)
     db_commands.add_parser("upgrade", help="apply the migrations").set_defaults(run=_db_upgrade)
@@ -70,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         "request-created", help="the request.created message PanDA publishes"
     ).set_defaults(run=_schema_request_created)
 
+    add_commands(commands)
     args = parser.parse_args(argv)
     configure_logging("console", args.log_level)
     args.run(args)

@@ -133,8 +133,6 @@ def work_handler(
                 signed_with=edge_token,
             )
             return
-        finally:
-            structlog.contextvars.unbind_contextvars("event_id", "request_id")
         await publish_event(bus, result, signed_with=edge_token)
 
     return handle

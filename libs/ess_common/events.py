@@ -119,6 +119,11 @@ class Replica(Contract):
 
     site: str
     region: str = ""
+    #: The catalogue's name of the storage holding the copy (a Rucio RSE), when known.
+    rse: str = ""
+    #: The URLs (of `DatasetFile.sources`) that read this copy: an edge reads the copies at its
+    #: own site first.
+    sources: list[str] = []
 
 
 class DatasetFile(Contract):
@@ -222,7 +227,12 @@ class RequestSpec(Contract):
     events_per_range: int = Field(gt=0, le=10_000_000)
     priority: int = Field(default=0, ge=-1000, le=1000)
     notify: Notify = Notify()
-    files: list[DatasetFile] = Field(min_length=1)
+    files: list[DatasetFile] = Field(
+        default=[],
+        description="the dataset's files; left out (or empty), they are resolved in the data "
+        "management catalogue (Rucio): a dataset unknown there, empty, or with a file "
+        "without an event count fails the request at once, with the reason",
+    )
     prepare: bool = Field(
         default=True,
         description="false: nothing is split ahead; the dataset is recorded (and ready at "
@@ -285,6 +295,8 @@ class FileWork(Contract):
     file: DatasetFile
     events_per_range: int = Field(gt=0)
     priority: int = 0
+    #: The request's dataset (`scope:name`), for an edge that subscribes its site to it.
+    dataset: str = ""
 
 
 class FileAssigned(Event):
@@ -401,6 +413,9 @@ class EdgeHeartbeat(Event):
     queued: int = Field(ge=0)
     load: float = Field(ge=0)
     version: str
+    #: On-demand splits the edge runs at once, and how many run now.
+    on_demand_slots: int | None = Field(default=None, ge=0)
+    on_demand_busy: int | None = Field(default=None, ge=0)
 
 
 class RequestReady(Event):

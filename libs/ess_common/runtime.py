@@ -1,4 +1,5 @@
-"""Running a daemon: until SIGTERM or SIGINT, then an ordered, graceful stop."""
+"""Running a daemon: until SIGTERM or SIGINT, then an ordered, graceful stop; with its traces
+and, on `ESS_METRICS_PORT`, its metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any, TypeVar
 
 import structlog
 
+from ess_common import tracing
 from ess_common.logs import configure_logging
+from ess_common.metrics_export import MetricsServer
 from ess_common.settings import EssSettings
 
 log = structlog.get_logger("ess.runtime")
@@ -66,7 +69,23 @@ async def run_parts(*parts: tuple[Action | None, Action | None]) -> None:
     await run_until_signalled(start, stop)
 
 
+def service_name(run: Callable[..., object]) -> str:
+    """`ess-broker` for the `run` of `ess_broker.__main__`."""
+    return run.__module__.split(".")[0].replace("_", "-")
+
+
 def run_main(settings: S, run: Callable[[S], Coroutine[Any, Any, None]]) -> None:
-    """A service's `main()`: logging as the settings say, then the daemon until a signal."""
+    """A service's `main()`: logging as the settings say, its tracer, its metrics port (when
+    `ESS_METRICS_PORT` is set), then the daemon until a signal."""
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run(settings))
+    provider = tracing.configure(service_name(run), settings.otlp_endpoint)
+    server = None
+    if settings.metrics_port is not None:
+        server = MetricsServer(settings.metrics_host, settings.metrics_port)
+        server.start()
+    try:
+        asyncio.run(run(settings))
+    finally:
+        if server is not None:
+            server.stop()
+        provider.shutdown()

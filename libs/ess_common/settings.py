@@ -57,6 +57,14 @@ class EssSettings(BaseSettings):
     head_url: str = "http://127.0.0.1:8000"
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
+    #: Where spans go: an OpenTelemetry collector's OTLP/HTTP endpoint, e.g.
+    #: http://collector:4318. None exports nothing (trace ids still reach the logs).
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    #: The Prometheus metrics port of a service without an HTTP server of its own (broker,
+    #: notifier, edge): `GET /metrics` there. None serves none. The head serves `/metrics` on
+    #: its API port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     #: Deliveries of one message before it goes to its dead-letter queue.
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_s: float = Field(default=1.0, ge=0.0)
@@ -67,6 +75,49 @@ class EssSettings(BaseSettings):
     #: messages to the broker. At an edge (optional): the tokens its routes take without asking
     #: the head.
     tokens: dict[str, list[SecretStr]] = {}
+    #: Rucio, where datasets named without their files are resolved (at the head) and where an
+    #: edge looks a file's replicas up again when every known one failed; None: no catalogue.
+    rucio_url: str | None = Field(default=None, pattern=r"^https?://")
+    #: Rucio's authentication server; default rucio_url.
+    rucio_auth_url: str | None = Field(default=None, pattern=r"^https?://")
+    rucio_account: str = "ess"
+    rucio_vo: str | None = None
+    #: How ESS authenticates to Rucio: "userpass" (rucio_username, rucio_password),
+    #: "x509_proxy" (rucio_x509_proxy, else X509_USER_PROXY), "x509" (rucio_certificate and
+    #: rucio_key) or "oidc" (the token in rucio_token_file, else WLCG token discovery:
+    #: BEARER_TOKEN, BEARER_TOKEN_FILE, ...).
+    rucio_auth_type: Literal["userpass", "x509_proxy", "x509", "oidc"] = "x509_proxy"
+    rucio_username: str | None = None
+    rucio_password: SecretStr | None = None
+    rucio_x509_proxy: Path | None = None
+    rucio_certificate: Path | None = None
+    rucio_key: Path | None = None
+    rucio_token_file: Path | None = None
+    #: Certificate authorities for Rucio's HTTPS (a bundle or a hashed directory such as
+    #: /etc/grid-security/certificates); default X509_CERT_DIR, else the system's.
+    rucio_ca_path: Path | None = None
+    rucio_timeout_s: float = Field(default=60.0, gt=0)
+    #: The replica protocols asked for, in order of preference.
+    rucio_schemes: list[Literal["root", "davs", "https", "s3"]] = ["root", "davs", "https", "s3"]
+    #: The site each RSE serves (`{"CERN-PROD_DATADISK": "CERN-PROD"}`), for reading and
+    #: placing work near the data; an RSE not named here has the site of its `site` attribute
+    #: (else its own name) and the region of its `region` attribute.
+    rucio_rse_sites: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _rucio_credentials(self) -> EssSettings:
+        if self.rucio_url is None:
+            return self
+        needed = {
+            "userpass": ("rucio_username", "rucio_password"),
+            "x509": ("rucio_certificate", "rucio_key"),
+        }.get(self.rucio_auth_type, ())
+        missing = [f"ESS_{name.upper()}" for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(
+                f"ESS_RUCIO_AUTH_TYPE={self.rucio_auth_type} needs {' and '.join(missing)}"
+            )
+        return self
 
     @field_validator("tokens")
     @classmethod
@@ -87,6 +138,12 @@ class EssSettings(BaseSettings):
                     raise ValueError(f"ESS_TOKENS: a {role} token is given twice or to two roles")
                 seen.add(secret)
         return value
+
+    @field_validator("otlp_endpoint", mode="before")
+    @classmethod
+    def _no_endpoint(cls, value: object) -> object:
+        # An empty variable (a compose default) means none.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("bus_url")
     @classmethod
@@ -134,6 +191,23 @@ class HeadSettings(EssSettings):
     panda_exchange: str = "panda"
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_max_attempts: int = Field(default=8, ge=1)
+    #: PanDA's message broker over STOMP 1.2: stomp://user:password@host:port/vhost
+    #: (stomp+ssl:// for TLS; the vhost, default "/", goes in the CONNECT frame's host header).
+    stomp_url: str | None = Field(default=None, pattern=r"^stomp(\+ssl)?://")
+    #: Where PanDA sends `request.created` over STOMP (e.g. /queue/ess.requests); the broker
+    #: hands each message to the bus as if it had come over AMQP. None: no STOMP ingress.
+    stomp_request_destination: str | None = None
+    #: Where the notices for PanDA go over STOMP (e.g. /queue/panda.ess), as well as to
+    #: `panda_exchange`. None: no STOMP notices.
+    stomp_notice_destination: str | None = None
+
+    @model_validator(mode="after")
+    def _stomp(self) -> HeadSettings:
+        destinations = (self.stomp_request_destination, self.stomp_notice_destination)
+        if self.stomp_url is None and any(destinations):
+            raise ValueError("a STOMP destination is set but ESS_STOMP_URL is not")
+        return self
+
     #: Routing keys of the notices on `panda_exchange`, by event (`request.ready`,
     #: `request.failed`, `request.cancelled`, `file.ready`); an event not named keeps its own.
     panda_routing_keys: dict[str, str] = {}
@@ -204,6 +278,14 @@ class EdgeSettings(EssSettings):
     #: A file with the bearer token (e.g. a WLCG token) sent to http(s):// and dav(s)://
     #: sources; read at every use.
     source_token_file: Path | None = None
+    #: "Subscribe to close sites": the RSE that serves this edge's site. With
+    #: rucio_subscribe, the edge asks Rucio for a replication rule of each dataset it gets work
+    #: of to this RSE (lasting rucio_rule_lifetime_s), and reads a file from there once its
+    #: copy is available, waiting at most rucio_subscription_wait_s before it reads another.
+    rucio_rse: str | None = None
+    rucio_subscribe: bool = False
+    rucio_rule_lifetime_s: int = Field(default=7 * 24 * 3600, gt=0)
+    rucio_subscription_wait_s: float = Field(default=300.0, ge=0)
     #: A file whose event trees uproot cannot write back unchanged is delivered "whole" as
     #: one range, or "fail"s naming the tree, branch and type.
     split_unsplittable: Literal["whole", "fail"] = "whole"
@@ -221,6 +303,12 @@ class EdgeSettings(EssSettings):
     #: Processes that share one uproot split, each writing a contiguous block of its ranges:
     #: 0 means the edge's cores, 1 splits in the splitter's own process.
     split_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _subscription(self) -> EdgeSettings:
+        if self.rucio_subscribe and not (self.rucio_url and self.rucio_rse):
+            raise ValueError("ESS_RUCIO_SUBSCRIBE needs ESS_RUCIO_URL and ESS_RUCIO_RSE")
+        return self
 
     @model_validator(mode="after")
     def _watermarks(self) -> EdgeSettings:

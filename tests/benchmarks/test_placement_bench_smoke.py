@@ -19,6 +19,7 @@ async def test_the_servers_the_benchmark_uses_answer(
     await s3_server.check()
 
 
+@pytest.mark.servers  # an edge process on the test servers, which the benchmark names itself
 def test_small_run_writes_every_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     page = tmp_path / "edges.md"
     argv = ["--files", "300", "--edges", "10", "--databases", "sqlite", "--out", str(page)]

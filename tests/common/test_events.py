@@ -246,7 +246,6 @@ def test_a_valid_spec_is_accepted() -> None:
         ({"dataset": "scope:"}, "dataset"),
         ({"dataset": "../etc:passwd"}, "dataset"),
         ({"files": [DATASET_FILE, DATASET_FILE]}, "listed twice"),
-        ({"files": []}, "files"),
         ({"files": [file_data(lfn="dir/EVNT.root")]}, "lfn"),
         ({"files": [file_data(lfn="..")]}, "lfn"),
         ({"files": [file_data(lfn="EVNT..root")]}, "lfn"),
@@ -268,6 +267,14 @@ def test_a_valid_spec_is_accepted() -> None:
 def test_request_spec_refuses(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         RequestSpec.model_validate(spec_data(**changes))
+
+
+def test_request_spec_without_files_is_resolved_later() -> None:
+    """No files (left out, or an empty list): the dataset is resolved in the catalogue."""
+    data = spec_data()
+    del data["files"]
+    assert RequestSpec.model_validate(data).files == []
+    assert RequestSpec.model_validate(spec_data(files=[])).files == []
 
 
 def test_every_source_scheme_read_is_accepted() -> None:

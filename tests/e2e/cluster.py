@@ -11,23 +11,19 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from aiohttp import web
 
-from tests.helpers import eventually
+from tests.helpers import S3Settings, eventually, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+if TYPE_CHECKING:
+    from tests.conftest import AmqpServer
 
 
 def cluster_env(
@@ -143,8 +139,9 @@ class Cluster:
 
             await eventually(answers, timeout=60, message="head API answers /readyz")
 
-    async def wait_edges(self, names: set[str]) -> None:
-        async with httpx.AsyncClient(timeout=5) as client:
+    async def wait_edges(self, names: set[str], *, token: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(timeout=5, headers=headers) as client:
 
             async def alive() -> bool:
                 self.check_running()
@@ -213,3 +210,32 @@ class PandaEndpoint:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def forget(
+    amqp_server: AmqpServer,
+    s3_settings: S3Settings,
+    exchange: str,
+    queues: list[str],
+    *,
+    bucket: str | None = None,
+    exchanges: tuple[str, ...] = (),
+) -> None:
+    """What a cluster made on the servers: its queues (named without the exchange's prefix;
+    each with its retry and dead-letter queues), its exchanges, and its bucket emptied and
+    deleted."""
+    names = [f"{exchange}.{q}" for q in queues]
+    family = [f"{q}{suffix}" for q in names for suffix in ("", ".retry", ".dead")]
+    await amqp_server.delete(family, [exchange, f"{exchange}.dead", *exchanges])
+    if bucket is None:
+        return
+    store = s3_settings.store(bucket)
+    await store.start()
+    try:
+        paginator = store.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                await store.client.delete_object(Bucket=bucket, Key=obj["Key"])
+        await store.client.delete_bucket(Bucket=bucket)
+    finally:
+        await store.close()

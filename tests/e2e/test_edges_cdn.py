@@ -34,8 +34,8 @@ from ess_common.db.models import File, FileStatus, OutboxMessage, Range
 from ess_common.db.session import make_engine, make_session_maker
 from ess_pilot.client import PilotClient
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, SlowFiles, cluster_env, free_port
-from tests.helpers import S3Settings, eventually
+from tests.e2e.cluster import Cluster, SlowFiles, cluster_env, forget
+from tests.helpers import S3Settings, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -267,27 +267,13 @@ async def cdn(
         await engine.dispose()
         await slow.stop()
         queues = [
-            f"{exchange}.{q}"
-            for q in (
-                "broker.requests",
-                "broker.heartbeats",
-                "broker.results",
-                "dead.audit",
-                *(f"edge.{e}.{kind}" for e in EDGES for kind in ("assigned", "cached")),
-            )
+            "broker.requests",
+            "broker.heartbeats",
+            "broker.results",
+            "dead.audit",
+            *(f"edge.{e}.{kind}" for e in EDGES for kind in ("assigned", "cached")),
         ]
-        family = [f"{q}{s}" for q in queues for s in ("", ".retry", ".dead")]
-        await amqp_server.delete(family, [exchange, f"{exchange}.dead"])
-        store = s3_settings.store(bucket)
-        await store.start()
-        try:
-            paginator = store.client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=bucket):
-                for obj in page.get("Contents", []):
-                    await store.client.delete_object(Bucket=bucket, Key=obj["Key"])
-            await store.client.delete_bucket(Bucket=bucket)
-        finally:
-            await store.close()
+        await forget(amqp_server, s3_settings, exchange, queues, bucket=bucket)
 
 
 async def test_a_30_file_dataset_spreads_over_the_edges_within_their_quota(cdn: Cdn) -> None:

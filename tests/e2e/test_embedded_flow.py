@@ -17,10 +17,10 @@ import httpx
 import skhep_testdata
 
 from ess_cli.compare import compare_events
-from ess_cli.embedded import Embedded, embedded_settings, free_port
+from ess_cli.embedded import Embedded, embedded_settings
 from ess_cli.pilot import download
 from ess_common.checksums import adler32_of_file
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 SCOPE = "data18_13TeV"
 EVENTS_PER_RANGE = 333

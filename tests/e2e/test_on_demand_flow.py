@@ -23,8 +23,8 @@ from ess_common.checksums import adler32_of_file
 from ess_common.store.base import on_demand_key
 from ess_pilot.client import PilotClient
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, SlowFiles, cluster_env, free_port
-from tests.helpers import S3Settings, eventually
+from tests.e2e.cluster import Cluster, SlowFiles, cluster_env
+from tests.helpers import S3Settings, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 

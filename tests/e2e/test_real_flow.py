@@ -27,8 +27,8 @@ from ess_cli.pilot import download
 from ess_common.checksums import adler32_of_file
 from ess_common.db.session import make_engine
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, PandaEndpoint, free_port
-from tests.helpers import S3Settings, eventually
+from tests.e2e.cluster import Cluster, PandaEndpoint, forget
+from tests.helpers import S3Settings, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -159,34 +159,20 @@ async def flow(
         await panda.stop()
         await connection.close()
         queues = [
-            f"{exchange}.{q}"
-            for q in (
-                "broker.requests",
-                "broker.heartbeats",
-                "broker.results",
-                "notifier",
-                "dead.audit",
-                "edge.edge-a.assigned",
-                "edge.edge-a.cached",
-                "edge.edge-b.assigned",
-                "edge.edge-b.cached",
-            )
+            "broker.requests",
+            "broker.heartbeats",
+            "broker.results",
+            "notifier",
+            "dead.audit",
+            "edge.edge-a.assigned",
+            "edge.edge-a.cached",
+            "edge.edge-b.assigned",
+            "edge.edge-b.cached",
         ]
-        family = [f"{q}{s}" for q in queues for s in ("", ".retry", ".dead")]
-        await amqp_server.delete(
-            [*family, f"{panda_exchange}.inbox"],
-            [exchange, f"{exchange}.dead", panda_exchange],
+        await amqp_server.delete([f"{panda_exchange}.inbox"], [])
+        await forget(
+            amqp_server, s3_settings, exchange, queues, bucket=bucket, exchanges=(panda_exchange,)
         )
-        store = s3_settings.store(bucket)
-        await store.start()
-        try:
-            paginator = store.client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=bucket):
-                for obj in page.get("Contents", []):
-                    await store.client.delete_object(Bucket=bucket, Key=obj["Key"])
-            await store.client.delete_bucket(Bucket=bucket)
-        finally:
-            await store.close()
 
 
 def _request(dataset: Dataset, key: str, callback: str) -> dict[str, Any]:

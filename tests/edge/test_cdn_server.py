@@ -7,7 +7,6 @@ serving on its port and announcing it."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from ess_edge.server import EdgeState, create_edge_app, make_server
 from ess_edge.service import Edge
 from ess_pilot.client import PilotClient
 from tests.head_api.support import SCOPE, Head, Prepared, prepare, running_head
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 LFN = "EVNT.08716373._000060.pool.root.1"
 N_EVENTS = 1000
@@ -326,12 +325,6 @@ async def test_a_pilot_is_served_through_the_edge(cdn: Cdn, tmp_path: Path) -> N
     # Three range files, each pulled once through the edge; the head was only asked by the edge.
     assert len(cdn.store.downloads) == len(set(cdn.store.downloads)) == 3
     assert cdn.head_transport.asked == [f"/v1/files/{SCOPE}/{LFN}/ranges"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_the_edge_process_serves_on_its_port_before_its_first_heartbeat(

@@ -160,7 +160,6 @@ def _set_file(field: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("dataset", "mc15.no.scope"), "dataset", "scope:name"),
         (_set_file("lfn", "../../etc/passwd"), "lfn", "without '..'"),
         (_set_file("lfn", "EVNT/../x.root"), "lfn", "without '..'"),
-        (_set("files", []), "files", "at least 1 item"),
         (_set_file("adler32", "zz12"), "adler32", "not hexadecimal"),
         (_set_file("adler32", "123456789"), "adler32", "not hexadecimal"),
         (_set("events_per_range", 0), "events_per_range", "greater than 0"),
@@ -170,7 +169,6 @@ def _set_file(field: str, value: Any) -> Callable[[dict[str, Any]], None]:
         "dataset-without-colon",
         "lfn-climbing",
         "lfn-with-dotdot-inside",
-        "no-files",
         "adler32-not-hex",
         "adler32-too-long",
         "zero-events-per-range",
@@ -188,6 +186,15 @@ async def test_invalid_request_is_refused_with_its_reason(
     assert response.status_code == 422, response.text
     problems = response.json()["detail"]
     assert any(where in map(str, p["loc"]) and reason in p["msg"] for p in problems), problems
+    assert (await head.client.get("/v1/requests")).json() == []
+
+
+async def test_a_request_without_files_needs_a_catalogue(head: Head) -> None:
+    body = request_body("task-no-files")
+    del body["files"]
+    response = await head.client.post("/v1/requests", json=body)
+    assert response.status_code == 422, response.text
+    assert "ESS_RUCIO_URL" in response.json()["detail"]
     assert (await head.client.get("/v1/requests")).json() == []
 
 
@@ -378,10 +385,11 @@ async def test_request_created_schema_is_a_json_schema(head: Head) -> None:
     schema = response.json()
     assert schema["type"] == "object"
     assert schema["title"] == "RequestCreated"
-    assert {"dataset", "idempotency_key", "events_per_range", "files"} <= set(schema["required"])
+    assert {"dataset", "idempotency_key", "events_per_range"} <= set(schema["required"])
+    assert "files" in schema["properties"]
     assert schema["properties"]["event_type"]["const"] == "request.created"
     files = schema["properties"]["files"]
-    assert files["type"] == "array" and files["minItems"] == 1
+    assert files["type"] == "array" and files["default"] == []
     dataset_file = schema["$defs"]["DatasetFile"]
     assert {"scope", "lfn", "n_events", "size", "adler32", "sources"} <= set(
         dataset_file["properties"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from ess_head_api.lifecycle import cancel
 from ess_head_api.routes.events import StreamCount
 from ess_head_api.state import HeadState
 from tests.head_api.support import EDGE, file_entry, request_body
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 
 LFNS = ("EVNT.01.pool.root.1", "EVNT.02.pool.root.1")
 TOKEN = "pilot-token-0123456789"
@@ -58,12 +57,6 @@ class Served:
     def streams(self) -> StreamCount:
         count: StreamCount = self.app.state.streams
         return count
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

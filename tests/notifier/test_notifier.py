@@ -10,7 +10,6 @@ each POST and answers with the statuses a test scripts.
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from ess_common.messaging.bus import Bus, Delivery, publish_event
 from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import HeadSettings
 from ess_notifier.service import Notifier
-from tests.helpers import UniqueNames, eventually
+from tests.helpers import UniqueNames, eventually, free_port
 
 if TYPE_CHECKING:
     from tests.conftest import AmqpServer
@@ -197,10 +196,7 @@ async def the_notification(sessions: SessionMaker) -> Notification:
 
 def unreachable_url() -> str:
     """A URL on a 127.0.0.1 port nobody listens on: the connection is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/ess/callback"
+    return f"http://127.0.0.1:{free_port()}/ess/callback"
 
 
 async def test_ready_is_sent_once_as_a_message_and_a_callback(

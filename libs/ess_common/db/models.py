@@ -110,6 +110,9 @@ class Request(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     ready_at: Mapped[datetime | None]
+    #: The trace context the request was recorded in, for the events of its work that are
+    #: written outside it (a sweep assigning its files): one trace per request.
+    trace_context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class File(Base):
@@ -192,6 +195,11 @@ class Edge(Base):
     queued: Mapped[int] = mapped_column(Integer, default=0)
     load: Mapped[float] = mapped_column(default=0.0)
     version: Mapped[str] = mapped_column(String(64))
+    #: What the edge's cache holds or has reserved (evictable files included).
+    used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: On-demand splits the edge runs at once, and those running at its last heartbeat.
+    on_demand_slots: Mapped[int | None] = mapped_column(Integer)
+    on_demand_busy: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default=EdgeStatus.ALIVE)
     last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -218,6 +226,9 @@ class Notification(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+    #: The trace context of the event it tells (`ess_common.tracing`): its attempts, whoever
+    #: makes them, belong to the request's trace.
+    trace_context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class OutboxMessage(Base):
@@ -231,6 +242,8 @@ class OutboxMessage(Base):
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(index=True)
+    #: Published with the event: the trace context it was written in (`ess_common.tracing`).
+    headers: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class DeadLetter(Base):
@@ -245,3 +258,39 @@ class DeadLetter(Base):
     request_id: Mapped[str | None] = mapped_column(String(36), index=True)
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RequestEventKind(enum.StrEnum):
+    """What happened in a request's life (`request_events.kind`)."""
+
+    RECEIVED = "received"
+    ASSIGNED = "assigned"  # a file given to an edge
+    CACHED = "cached"
+    SPLIT = "split"
+    RETRIED = "retried"  # a file back to pending after an edge's failure
+    MOVED = "moved"  # a file taken back from an edge lost or disabled
+    FILE_FAILED = "file_failed"
+    READY = "ready"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRY_REQUESTED = "retry_requested"  # an operator retried the failed files
+    NOTIFIED = "notified"
+    NOTIFICATION_FAILED = "notification_failed"
+    DEAD_LETTER = "dead_letter"
+
+
+class RequestEvent(Base):
+    """One entry of a request's history, written in the transaction of the change it tells."""
+
+    __tablename__ = "request_events"
+    __table_args__ = (Index("ix_request_events_request_id_id", "request_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    file_id: Mapped[int | None] = mapped_column(Integer)
+    edge: Mapped[str | None] = mapped_column(String(63))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
+    trace_id: Mapped[str | None] = mapped_column(String(32))

@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common.db.models import File, FileStatus, Request, RequestStatus, utcnow
-from ess_common.errors import Conflict
-from ess_common.events import RequestReady, RequestSpec
+from ess_common import metrics, tracing
+from ess_common.catalogue import Catalogue, DatasetRefused
+from ess_common.db import history
+from ess_common.db.models import (
+    File,
+    FileStatus,
+    Request,
+    RequestEventKind,
+    RequestStatus,
+    utcnow,
+)
+from ess_common.errors import BadMessage, Conflict
+from ess_common.events import DatasetFile, RequestFailed, RequestReady, RequestSpec
 from ess_common.messaging.outbox import add_event
 
 
 def spec_digest(spec: RequestSpec) -> str:
     canonical = RequestSpec.model_validate(spec.model_dump(include=set(RequestSpec.model_fields)))
-    # `prepare` counts only when set: requests recorded before it existed keep their digest.
-    dumped = canonical.model_dump_json(exclude={"prepare"} if canonical.prepare else None)
+    # `prepare` counts only when set, and a replica's RSE and URLs never (its file's sources
+    # do): requests recorded before these existed keep their digest.
+    exclude: dict[str, Any] = {"files": {"__all__": {"replicas": {"__all__": {"rse", "sources"}}}}}
+    if canonical.prepare:
+        exclude["prepare"] = True
+    dumped = canonical.model_dump_json(exclude=exclude)
     return hashlib.sha256(dumped.encode()).hexdigest()
 
 
@@ -27,76 +42,129 @@ def as_spec(spec: RequestSpec) -> RequestSpec:
     return RequestSpec.model_validate(spec.model_dump(include=set(RequestSpec.model_fields)))
 
 
+async def _recorded(session: AsyncSession, spec: RequestSpec, digest: str) -> Request | None:
+    existing = await session.scalar(
+        select(Request).where(Request.idempotency_key == spec.idempotency_key)
+    )
+    if existing is not None and existing.spec_digest != digest:
+        raise Conflict(
+            f"idempotency key {spec.idempotency_key!r} is already request {existing.id} "
+            "with different content"
+        )
+    return existing
+
+
 async def record_request(
-    session: AsyncSession, spec: RequestSpec, *, request_id: str | None = None
+    session: AsyncSession,
+    spec: RequestSpec,
+    *,
+    request_id: str | None = None,
+    catalogue: Catalogue | None = None,
+    via: str = "bus",
 ) -> tuple[Request, bool]:
     """Insert the request and its files, or return the one recorded under the same key.
 
     A resubmission is the same request; the same key with a different content is a conflict.
     A request with `prepare` false is ready at once (`request.ready` goes to the outbox): its
-    files wait for pilots' on-demand asks. Returns the request and whether it was created now.
+    files wait for pilots' on-demand asks. A request without files has them resolved in the
+    catalogue; a dataset the catalogue refuses (unknown, empty, a file without an event count)
+    is recorded failed with the reason, and `request.failed` goes to the outbox. Returns the
+    request and whether it was created now. `via` (api, bus) is how it came, for the metrics.
     """
     digest = spec_digest(spec)
-    existing = await session.scalar(
-        select(Request).where(Request.idempotency_key == spec.idempotency_key)
-    )
-    if existing is None:
-        try:
-            async with session.begin_nested():
-                existing = Request(
-                    id=request_id or str(uuid.uuid4()),
-                    idempotency_key=spec.idempotency_key,
-                    dataset=spec.dataset,
-                    events_per_range=spec.events_per_range,
-                    priority=spec.priority,
-                    notify_message=spec.notify.message,
-                    callback_url=spec.notify.callback_url,
-                    notify_files=spec.notify.files,
-                    spec_digest=digest,
-                    status=RequestStatus.RECEIVED if spec.prepare else RequestStatus.READY,
-                    ready_at=None if spec.prepare else utcnow(),
-                )
-                session.add(existing)
-                await session.flush()
-                session.add_all(
-                    File(
-                        request_id=existing.id,
-                        scope=f.scope,
-                        lfn=f.lfn,
-                        guid=f.guid,
-                        n_events=f.n_events,
-                        size=f.size,
-                        adler32=f.adler32,
-                        sources=list(f.sources),
-                        replicas=[r.model_dump() for r in f.replicas],
-                        status=FileStatus.PENDING if spec.prepare else FileStatus.ON_DEMAND,
-                    )
-                    for f in spec.files
-                )
-                await session.flush()
-                if not spec.prepare:
-                    add_event(
-                        session,
-                        RequestReady(
-                            request_id=existing.id,
-                            dataset=existing.dataset,
-                            idempotency_key=existing.idempotency_key,
-                            n_files=len(spec.files),
-                            n_ranges=0,
-                            correlation_id=existing.id,
-                        ),
-                    )
-            return existing, True
-        except IntegrityError:
-            # Another process recorded the same key between our read and our insert.
-            existing = await session.scalar(
-                select(Request).where(Request.idempotency_key == spec.idempotency_key)
+    existing = await _recorded(session, spec, digest)
+    if existing is not None:
+        return existing, False
+    files, refused = list(spec.files), None
+    if not files:
+        if catalogue is None:
+            raise BadMessage(
+                f"request {spec.idempotency_key!r} names no files and no catalogue is "
+                "configured to resolve its dataset (ESS_RUCIO_URL)"
             )
-            if existing is None:
-                raise
-    if existing.spec_digest != digest:
-        raise Conflict(
-            f"idempotency key {spec.idempotency_key!r} is already request {existing.id} "
-            "with different content"
+        try:
+            files = await catalogue.dataset_files(spec.dataset)
+        except DatasetRefused as exc:
+            refused = str(exc)
+    try:
+        async with session.begin_nested():
+            request = await _insert(session, spec, digest, files, request_id, refused, via)
+        metrics.on_commit(session, metrics.REQUESTS_RECEIVED.labels(via=via).inc)
+        if request.status != RequestStatus.RECEIVED:
+            state = str(request.status)
+            metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state=state).inc)
+        return request, True
+    except IntegrityError:
+        # Another process recorded the same key between our read and our insert.
+        existing = await _recorded(session, spec, digest)
+        if existing is None:
+            raise
+        return existing, False
+
+
+async def _insert(
+    session: AsyncSession,
+    spec: RequestSpec,
+    digest: str,
+    files: list[DatasetFile],
+    request_id: str | None,
+    refused: str | None,
+    via: str,
+) -> Request:
+    if refused is not None:
+        status = RequestStatus.FAILED
+    else:
+        status = RequestStatus.RECEIVED if spec.prepare else RequestStatus.READY
+    request = Request(
+        id=request_id or str(uuid.uuid4()),
+        idempotency_key=spec.idempotency_key,
+        dataset=spec.dataset,
+        events_per_range=spec.events_per_range,
+        priority=spec.priority,
+        notify_message=spec.notify.message,
+        callback_url=spec.notify.callback_url,
+        notify_files=spec.notify.files,
+        spec_digest=digest,
+        status=status,
+        error=refused,
+        ready_at=utcnow() if status == RequestStatus.READY else None,
+        trace_context=tracing.current_headers() or None,
+    )
+    session.add(request)
+    await session.flush()
+    session.add_all(
+        File(
+            request_id=request.id,
+            scope=f.scope,
+            lfn=f.lfn,
+            guid=f.guid,
+            n_events=f.n_events,
+            size=f.size,
+            adler32=f.adler32,
+            sources=list(f.sources),
+            replicas=[r.model_dump(exclude_defaults=True) for r in f.replicas],
+            status=FileStatus.PENDING if spec.prepare else FileStatus.ON_DEMAND,
         )
-    return existing, False
+        for f in files
+    )
+    await session.flush()
+    tracing.bind_request(request.id)
+    history.record(
+        session,
+        request.id,
+        RequestEventKind.RECEIVED,
+        detail=f"{len(files)} files, {spec.events_per_range} events per range ({via})",
+    )
+    identity = {
+        "request_id": request.id,
+        "dataset": request.dataset,
+        "idempotency_key": request.idempotency_key,
+        "correlation_id": request.id,
+    }
+    if refused is not None:
+        history.record(session, request.id, RequestEventKind.FAILED, detail=refused)
+        add_event(session, RequestFailed(reason=refused, **identity))
+    elif not spec.prepare:
+        history.record(session, request.id, RequestEventKind.READY, detail="on demand only")
+        add_event(session, RequestReady(n_files=len(files), n_ranges=0, **identity))
+    return request

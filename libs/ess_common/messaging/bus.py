@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from ess_common import tracing
 from ess_common.events import Event
 
 ATTEMPT_HEADER = "x-ess-attempt"
@@ -114,9 +115,11 @@ async def publish_event(
     headers: Mapping[str, Any] | None = None,
     signed_with: SecretStr | None = None,
 ) -> None:
-    """Publish the event; `signed_with` (an edge's token) adds the edge signature header."""
+    """Publish the event, in the current trace; `signed_with` (an edge's token) adds the edge
+    signature header."""
     body = event.model_dump_json().encode()
     sent = dict(headers or {})
+    tracing.inject(sent)
     if signed_with is not None:
         sent[EDGE_SIGNATURE_HEADER] = edge_signature(body, signed_with)
     await bus.publish(

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ess_common import tracing
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import BadMessage
 from ess_common.events import Event, parse_event
@@ -25,6 +26,8 @@ E = TypeVar("E", bound=Event)
 
 
 def parse_for(delivery: Delivery, *accepted: type[Event]) -> Event:
+    """The delivery's event, of one of the `accepted` types; its ids go to the log context
+    (and its request to the trace), for as long as the delivery is handled (`dispatch`)."""
     # A queue that takes one kind of event reads it without needing `event_type` in the
     # body: PanDA may publish a bare request on `request.created`.
     event = (
@@ -34,9 +37,9 @@ def parse_for(delivery: Delivery, *accepted: type[Event]) -> Event:
     )
     if not isinstance(event, accepted):
         raise BadMessage(f"queue {delivery.queue} does not take {event.routing_key()} events")
-    structlog.contextvars.bind_contextvars(
-        event_id=str(event.event_id), request_id=event.correlation_id
-    )
+    structlog.contextvars.bind_contextvars(event_id=str(event.event_id))
+    if event.correlation_id:
+        tracing.bind_request(event.correlation_id)
     return event
 
 
@@ -45,10 +48,7 @@ def event_handler(routes: dict[type[Any], Callable[[Any], Awaitable[None]]]) -> 
 
     async def handle(delivery: Delivery) -> None:
         event = parse_for(delivery, *routes)
-        try:
-            await routes[type(event)](event)
-        finally:
-            structlog.contextvars.unbind_contextvars("event_id", "request_id")
+        await routes[type(event)](event)
 
     return handle
 
@@ -60,11 +60,8 @@ def transactional(
 ) -> Handler:
     async def handle(delivery: Delivery) -> None:
         event = parse_for(delivery, *routes)
-        try:
-            async with unit_of_work(sessions) as session:
-                await routes[type(event)](session, event)
-        finally:
-            structlog.contextvars.unbind_contextvars("event_id", "request_id")
+        async with unit_of_work(sessions) as session:
+            await routes[type(event)](session, event)
         await flush_quietly(relay)
 
     return handle

@@ -1,17 +1,22 @@
 """The transactional outbox: events are written with the change they announce, in the same
 transaction, and a relay publishes them (with confirms) after the commit. A crash between
 commit and publish delays the event; it never loses it.
+
+Each event keeps the trace context it was written in (`ess_common.tracing`), or the one of the
+request it belongs to when written outside any (a periodic sweep), and is published with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import timedelta
 
 import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ess_common import tracing
 from ess_common.db.models import OutboxMessage, utcnow
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import Event
@@ -20,10 +25,22 @@ from ess_common.messaging.bus import Bus
 log = structlog.get_logger("ess.outbox")
 
 
-def add_event(session: AsyncSession, event: Event, *, exchange: str | None = None) -> None:
+def add_event(
+    session: AsyncSession,
+    event: Event,
+    *,
+    exchange: str | None = None,
+    trace_context: Mapping[str, str] | None = None,
+) -> None:
+    """Write `event` to the outbox; `trace_context` is the request's, for an event written
+    outside the request's trace."""
+    headers = tracing.current_headers() or dict(trace_context or {})
     session.add(
         OutboxMessage(
-            exchange=exchange, routing_key=event.routing_key(), body=event.model_dump_json()
+            exchange=exchange,
+            routing_key=event.routing_key(),
+            body=event.model_dump_json(),
+            headers=headers or None,
         )
     )
 
@@ -61,7 +78,10 @@ class OutboxRelay:
                     ).all()
                     for row in rows:
                         await self.bus.publish(
-                            row.routing_key, row.body.encode(), exchange=row.exchange
+                            row.routing_key,
+                            row.body.encode(),
+                            exchange=row.exchange,
+                            headers=row.headers,
                         )
                         row.published_at = utcnow()
                 sent += len(rows)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from ess_common import metrics
 from ess_common.errors import Forbidden, NotFound
 from ess_common.store.base import check_key
 
@@ -56,6 +57,7 @@ class LocalStore:
             os.replace(tmp, target)
 
         await asyncio.to_thread(_copy)
+        metrics.uploaded("local", target.stat().st_size)
 
     async def get_bytes(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         target = self.path(key)
@@ -108,6 +110,7 @@ class LocalStore:
 
     async def signed_url(self, key: str, ttl_s: int) -> str:
         check_key(key)
+        metrics.SIGNED_URLS.labels("local").inc()
         expires = int(time.time()) + ttl_s
         # A number and a hex digest: nothing to encode.
         signature = sign(self.secret, key, expires)

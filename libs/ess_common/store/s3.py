@@ -18,6 +18,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
+from ess_common import metrics
 from ess_common.errors import NotFound, RetryableError
 from ess_common.store.base import check_key
 from ess_common.store.presign import Presigner
@@ -128,6 +129,7 @@ class S3Store:
             await self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         except ClientError as exc:
             raise RetryableError(f"upload of {key} failed: {exc}") from exc
+        metrics.uploaded("s3", len(data))
 
     async def get_bytes(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
@@ -205,6 +207,7 @@ class S3Store:
         return len(keys)
 
     async def signed_url(self, key: str, ttl_s: int) -> str:
+        metrics.SIGNED_URLS.labels("s3").inc()
         if self._presigner is not None:
             return self._presigner.url(self._key(key), ttl_s)
         url: str = await self.client.generate_presigned_url(

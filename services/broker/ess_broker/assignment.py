@@ -21,12 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ess_broker.placement import Candidate, choose_edge, replica_places
+from ess_common import metrics, tracing
+from ess_common.db import history
+from ess_common.db.file_moves import IN_FLIGHT, take_back
 from ess_common.db.models import (
     Edge,
     EdgeStatus,
     File,
     FileStatus,
     Request,
+    RequestEventKind,
     RequestStatus,
     utcnow,
 )
@@ -34,9 +38,6 @@ from ess_common.events import DatasetFile, FileAssigned, FileWork, Replica
 from ess_common.messaging.outbox import add_event
 
 log = structlog.get_logger("ess.broker")
-
-#: Files whose bytes an edge holds or is about to hold.
-IN_FLIGHT = (FileStatus.ASSIGNED, FileStatus.CACHED)
 
 
 async def _lock_live_edges(session: AsyncSession, lost_after: timedelta) -> list[Edge]:
@@ -108,6 +109,7 @@ def file_work(request: Request, f: File) -> FileWork:
         edge=f.edge,
         events_per_range=request.events_per_range,
         priority=request.priority,
+        dataset=request.dataset,
         file=DatasetFile(
             scope=f.scope,
             lfn=f.lfn,
@@ -149,6 +151,8 @@ async def assign_pending(
     rows = (await session.execute(query)).all()
     taken: dict[str, int] = defaultdict(int)
     assigned = 0
+    #: Per request, its trace and how many of its files went to each edge: for the logs.
+    per_request: dict[str, tuple[str | None, dict[str, int]]] = {}
     touched: set[str] = set()
     for f, request in rows:
         sites, regions = replica_places(f.replicas or [])
@@ -184,7 +188,25 @@ async def assign_pending(
             edge, available_bytes=edge.available_bytes - f.size, queued=edge.queued + 1
         )
         taken[edge.name] += f.size
-        add_event(session, FileAssigned(work=file_work(request, f), correlation_id=request.id))
+        trace_id, counts = per_request.setdefault(
+            request.id, (tracing.trace_id_of(request.trace_context), defaultdict(int))
+        )
+        counts[edge.name] += 1
+        add_event(
+            session,
+            FileAssigned(work=file_work(request, f), correlation_id=request.id),
+            trace_context=request.trace_context,
+        )
+        history.record(
+            session,
+            request.id,
+            RequestEventKind.ASSIGNED,
+            file_id=f.id,
+            edge=edge.name,
+            attempt=f.attempt,
+            detail=f"{f.scope}:{f.lfn}",
+        )
+        metrics.on_commit(session, metrics.FILES_ASSIGNED.labels(edge=edge.name).inc)
         touched.add(request.id)
         assigned += 1
     if touched:
@@ -193,8 +215,16 @@ async def assign_pending(
             .where(Request.id.in_(touched), Request.status == RequestStatus.RECEIVED)
             .values(status=RequestStatus.ASSIGNED)
         )
+    for assigned_of, (trace_id, counts) in per_request.items():
+        # One line per request, with its ids, whatever context the assignment runs in.
+        log.info(
+            "files.assigned",
+            request_id=assigned_of,
+            trace_id=trace_id or tracing.current_trace_id(),
+            edges=dict(counts),
+        )
     if assigned:
-        log.info("files.assigned", count=assigned, edges=dict(taken))
+        log.info("files.assigned.total", count=assigned, bytes_by_edge=dict(taken))
     return assigned
 
 
@@ -236,12 +266,7 @@ async def reclaim_lost_edges(session: AsyncSession, lost_after: timedelta) -> li
         ).all()
     )
     if held:
-        await session.execute(
-            update(File)
-            .where(File.edge.in_(names), File.status.in_(IN_FLIGHT))
-            .values(status=FileStatus.PENDING, edge=None)
-            .execution_options(synchronize_session=False)
-        )
+        await take_back(session, names, "lost")
     reclaimed = sorted(set(lost) | {name for name in held if name is not None})
     if reclaimed:
         log.warning("edges.lost", edges=reclaimed, files_moved=sum(held.values()))

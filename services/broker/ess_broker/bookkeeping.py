@@ -13,7 +13,17 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common.db.models import File, FileStatus, Range, Request, RequestStatus, utcnow
+from ess_common import metrics
+from ess_common.db import history
+from ess_common.db.models import (
+    File,
+    FileStatus,
+    Range,
+    Request,
+    RequestEventKind,
+    RequestStatus,
+    utcnow,
+)
 from ess_common.errors import BadMessage
 from ess_common.events import (
     FileCached,
@@ -68,7 +78,7 @@ def check_ranges(event: SplitDone) -> None:
 
 
 async def handle_file_cached(session: AsyncSession, event: FileCached) -> None:
-    await session.execute(
+    cached = await session.execute(
         update(File)
         .where(
             File.id == event.work.file_id,
@@ -78,6 +88,15 @@ async def handle_file_cached(session: AsyncSession, event: FileCached) -> None:
         )
         .values(status=FileStatus.CACHED)
     )
+    if cached.rowcount == 1:  # type: ignore[attr-defined]
+        history.record(
+            session,
+            event.work.request_id,
+            RequestEventKind.CACHED,
+            file_id=event.work.file_id,
+            edge=event.work.edge,
+            attempt=event.work.attempt,
+        )
 
 
 async def handle_split_done(session: AsyncSession, event: SplitDone) -> None:
@@ -105,6 +124,17 @@ async def handle_split_done(session: AsyncSession, event: SplitDone) -> None:
     )
     await session.flush()
     log.info("file.split", file_id=f.id, ranges=len(event.ranges), edge=f.edge)
+    history.record(
+        session,
+        request.id,
+        RequestEventKind.SPLIT,
+        file_id=f.id,
+        edge=f.edge,
+        attempt=f.attempt,
+        detail=f"{len(event.ranges)} ranges, {sum(r.size for r in event.ranges)} bytes",
+    )
+    prepared = metrics.RANGES_PREPARED.labels(edge=event.work.edge)
+    metrics.on_commit(session, lambda: prepared.inc(len(event.ranges)))
     if request.notify_files:
         add_event(
             session,
@@ -142,6 +172,12 @@ async def _finish_if_complete(session: AsyncSession, request: Request) -> None:
     ).one()
     request.status = RequestStatus.READY
     request.ready_at = utcnow()
+    history.record(
+        session, request.id, RequestEventKind.READY, detail=f"{n_files} files, {n_ranges} ranges"
+    )
+    took = (request.ready_at - request.created_at).total_seconds()
+    metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state="ready").inc)
+    metrics.on_commit(session, lambda: metrics.REQUEST_READY_SECONDS.observe(took))
     add_event(
         session,
         RequestReady(
@@ -168,12 +204,34 @@ async def handle_file_failed(
         # Back to the pool: the next sweep assigns it again, as a new attempt.
         f.status, f.edge, f.error = FileStatus.PENDING, None, reason
         log.warning("file.retry", file_id=f.id, attempt=f.attempt, reason=reason)
+        history.record(
+            session,
+            request.id,
+            RequestEventKind.RETRIED,
+            file_id=f.id,
+            edge=event.work.edge,
+            attempt=f.attempt,
+            detail=reason,
+        )
+        metrics.on_commit(session, metrics.FILE_RETRIES.labels(stage=event.stage).inc)
         return
     f.status, f.error = FileStatus.FAILED, reason
     log.error("file.failed", file_id=f.id, reason=reason)
+    history.record(
+        session,
+        request.id,
+        RequestEventKind.FILE_FAILED,
+        file_id=f.id,
+        edge=event.work.edge,
+        attempt=f.attempt,
+        detail=reason,
+    )
+    metrics.on_commit(session, metrics.FILES_FAILED.labels(stage=event.stage).inc)
     if request.status in _OPEN:
         request.status = RequestStatus.FAILED
         request.error = f"{f.scope}:{f.lfn}: {reason}"
+        history.record(session, request.id, RequestEventKind.FAILED, detail=request.error)
+        metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state="failed").inc)
         add_event(
             session,
             RequestFailed(

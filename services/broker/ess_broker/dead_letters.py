@@ -8,7 +8,8 @@ import json
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common.db.models import DeadLetter, Request
+from ess_common.db import history
+from ess_common.db.models import DeadLetter, Request, RequestEventKind
 from ess_common.messaging.bus import QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, Delivery
 
 log = structlog.get_logger("ess.dead_letters")
@@ -47,4 +48,7 @@ async def record_dead_letter(session: AsyncSession, delivery: Delivery) -> None:
     )
     if request is not None:
         request.error = f"dead letter from {queue}: {reason}"[:4000]
+        history.record(
+            session, request.id, RequestEventKind.DEAD_LETTER, detail=f"{queue}: {reason}"
+        )
     log.warning("dead_letter.recorded", queue=queue, reason=reason, request_id=request_id)

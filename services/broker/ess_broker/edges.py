@@ -25,6 +25,8 @@ def _apply(edge: Edge, beat: EdgeHeartbeat) -> None:
     edge.quota_bytes = beat.quota_bytes
     edge.free_bytes = min(beat.quota_bytes, beat.free_bytes + beat.evictable_bytes)
     edge.queued, edge.load, edge.version = beat.queued, beat.load, beat.version
+    edge.used_bytes = max(0, beat.quota_bytes - beat.free_bytes)
+    edge.on_demand_slots, edge.on_demand_busy = beat.on_demand_slots, beat.on_demand_busy
     edge.last_heartbeat = utcnow()
 
 

@@ -10,6 +10,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ess_common import metrics
 from ess_common.db.models import File, Range
 from ess_common.errors import BadMessage
 from ess_common.events import RangeSplitOnDemand
@@ -60,6 +61,7 @@ async def handle_range_split(session: AsyncSession, event: RangeSplitOnDemand) -
         )
     )
     await session.flush()
+    metrics.on_commit(session, metrics.RANGES_ON_DEMAND_RECORDED.labels(event.edge).inc)
     log.info(
         "on_demand.recorded",
         scope=event.scope,

@@ -23,6 +23,8 @@ from ess_broker.dead_letters import record_dead_letter
 from ess_broker.edges import handle_heartbeat
 from ess_broker.on_demand import handle_range_split
 from ess_broker.retention import RangeRetention
+from ess_common import metrics
+from ess_common.catalogue import Catalogue
 from ess_common.db.models import Request
 from ess_common.db.requests import as_spec, record_request
 from ess_common.db.session import SessionMaker, unit_of_work
@@ -56,8 +58,16 @@ MAX_FILE_ATTEMPTS = 3
 
 
 class Broker:
-    def __init__(self, settings: HeadSettings, bus: Bus, sessions: SessionMaker) -> None:
+    def __init__(
+        self,
+        settings: HeadSettings,
+        bus: Bus,
+        sessions: SessionMaker,
+        catalogue: Catalogue | None = None,
+    ) -> None:
         self.settings = settings
+        #: Where a request naming only its dataset has its files resolved (Rucio).
+        self.catalogue = catalogue
         self.bus = bus
         self.sessions = sessions
         self.relay = OutboxRelay(sessions, bus)
@@ -67,11 +77,14 @@ class Broker:
 
     async def handle_request_created(self, session: AsyncSession, event: RequestCreated) -> None:
         request, created = await record_request(
-            session, as_spec(event), request_id=await self._new_request_id(session, event)
+            session,
+            as_spec(event),
+            request_id=await self._new_request_id(session, event),
+            catalogue=self.catalogue,
         )
         structlog.contextvars.bind_contextvars(request_id=request.id)
         if created:
-            log.info("request.recorded", dataset=request.dataset, files=len(event.files))
+            log.info("request.recorded", dataset=request.dataset, status=request.status)
         await assign_pending(
             session,
             self.lost_after,
@@ -129,22 +142,36 @@ class Broker:
             await assign_pending(session, self.lost_after, max_queued=self.settings.edge_max_queued)
         await flush_quietly(self.relay)
         await self.retention.sweep()
+        for queue in self.queues:
+            metrics.QUEUE_MESSAGES.labels(queue).set(await self.bus.depth(queue))
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues this broker consumes."""
+        exchange = self.bus.exchange
+        return [
+            f"{exchange}.broker.requests",
+            f"{exchange}.broker.heartbeats",
+            f"{exchange}.broker.results",
+            audit_queue(exchange),
+        ]
 
     async def start(self) -> None:
+        requests, heartbeats, results, audit = self.queues
         await self.bus.consume(
-            f"{self.bus.exchange}.broker.requests",
+            requests,
             ["request.created"],
             transactional(self.sessions, self.relay, {RequestCreated: self.handle_request_created}),
         )
         await self.bus.consume(
-            f"{self.bus.exchange}.broker.heartbeats",
+            heartbeats,
             ["edge.heartbeat"],
             self.from_edges(
                 transactional(self.sessions, self.relay, {EdgeHeartbeat: self.handle_heartbeat})
             ),
         )
         await self.bus.consume(
-            f"{self.bus.exchange}.broker.results",
+            results,
             ["file.cached.*", "split.done.*", "file.failed.*", "range.split.*"],
             self.from_edges(
                 transactional(
@@ -160,7 +187,7 @@ class Broker:
             ),
         )
         await self.bus.consume(
-            audit_queue(self.bus.exchange),
+            audit,
             ["#"],
             self.handle_dead_letter,
             exchange=dead_exchange(self.bus.exchange),
@@ -178,3 +205,5 @@ class Broker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.retention.close()
+        if self.catalogue is not None:
+            await self.catalogue.close()

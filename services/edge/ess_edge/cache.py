@@ -8,6 +8,7 @@ from pathlib import Path
 
 import structlog
 
+from ess_common import metrics
 from ess_common.cache_space import CacheSpace
 from ess_common.settings import EdgeSettings
 
@@ -28,6 +29,7 @@ class Evictor:
         )
         if removed:
             self.evicted += len(removed)
+            metrics.CACHE_EVICTIONS.labels(self.settings.edge_name).inc(len(removed))
             log.info(
                 "cache.evicted",
                 files=len(removed),

@@ -8,6 +8,7 @@ import os
 import shutil
 from importlib.metadata import PackageNotFoundError, version
 
+from ess_common import metrics
 from ess_common.cache_space import CacheSpace
 from ess_common.edge_work import edge_queues
 from ess_common.events import EdgeHeartbeat
@@ -23,16 +24,22 @@ def ess_version() -> str:
 
 
 async def make_heartbeat(
-    settings: EdgeSettings, bus: Bus, *, url: str | None = None
+    settings: EdgeSettings, bus: Bus, *, url: str | None = None, on_demand_busy: int | None = None
 ) -> EdgeHeartbeat:
-    """`url` is where the edge serves pilots (its server's), else the configured one."""
+    """`url` is where the edge serves pilots (its server's), else the configured one;
+    `on_demand_busy` how many on-demand splits it runs now, when it serves them. What it
+    measures also goes to the edge's metrics."""
     cache = settings.edge_cache_dir
     space = CacheSpace(cache, settings.edge_quota_bytes, pin_ttl_s=settings.edge_pin_ttl_s)
     usage = await asyncio.to_thread(space.usage)
     disk_free = shutil.disk_usage(cache).free
     queued = 0
     for queue in edge_queues(bus.exchange, settings.edge_name):
-        queued += await bus.depth(queue)
+        depth = await bus.depth(queue)
+        metrics.QUEUE_MESSAGES.labels(queue).set(depth)
+        queued += depth
+    metrics.CACHE_USED_BYTES.labels(settings.edge_name).set(usage.used)
+    metrics.CACHE_QUOTA_BYTES.labels(settings.edge_name).set(settings.edge_quota_bytes)
     return EdgeHeartbeat(
         edge=settings.edge_name,
         site=settings.edge_site,
@@ -46,11 +53,15 @@ async def make_heartbeat(
         queued=queued,
         load=os.getloadavg()[0] / (os.cpu_count() or 1),
         version=ess_version(),
+        on_demand_slots=settings.edge_on_demand_slots if on_demand_busy is not None else None,
+        on_demand_busy=on_demand_busy,
     )
 
 
-async def send_heartbeat(settings: EdgeSettings, bus: Bus, *, url: str | None = None) -> None:
-    beat = await make_heartbeat(settings, bus, url=url)
+async def send_heartbeat(
+    settings: EdgeSettings, bus: Bus, *, url: str | None = None, on_demand_busy: int | None = None
+) -> None:
+    beat = await make_heartbeat(settings, bus, url=url, on_demand_busy=on_demand_busy)
     # A heartbeat is only news while it is fresh: an old one must not pile up in the queue.
     await publish_event(
         bus,

@@ -1,5 +1,5 @@
 """On-demand splits: a pilot asks this edge for events that no request prepared, and the edge
-splits just that range, straight from the source file's replica (`ess_splitter.remote`: only
+splits just that range, straight from the source file's replica (`ess_split.remote`: only
 the baskets the range needs are fetched), uploads it, keeps a copy to serve, and tells the head.
 
 - Capacity: at most `edge_on_demand_slots` splits run at once, each in a process of its own
@@ -36,6 +36,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from ess_common import metrics
 from ess_common.cache_space import CacheSpace, SpaceRefused
 from ess_common.errors import Busy, NotFound, PermanentError, RetryableError
 from ess_common.events import RangeInfo, RangeSplitOnDemand
@@ -46,6 +47,9 @@ from ess_common.source_access import SourceAccess
 from ess_common.store.base import ObjectStore, on_demand_key
 from ess_edge.objects import ObjectCache
 from ess_edge.openings import Openings, Runs
+from ess_split.errors import SplitError
+from ess_split.format.codecs import parse_compression
+from ess_split.remote import keep_opening, kept_opening, presign_s3, split_range_remote
 
 log = structlog.get_logger("ess.edge.on_demand")
 
@@ -94,10 +98,6 @@ def split_in_worker(
     when `give_opening`, the file's opening as read; or the kind of failure and its reason
     (ESS's errors do not all survive pickling). `opening` is the file's opening as another
     slot read it: kept here first, so that the source is not asked for it."""
-    from ess_splitter.compression import parse_compression
-    from ess_splitter.remote import keep_opening, kept_opening, split_range_remote
-    from ess_splitter.treelayout import SplitError
-
     if opening:
         keep_opening(identity, opening)
     try:
@@ -156,6 +156,10 @@ class OnDemand:
         #: Splits started, for the edge's statistics and the tests.
         self.started = 0
         self.refused = 0
+        edge = settings.edge_name
+        metrics.ON_DEMAND_SLOTS.labels(edge).set(self.slots)
+        self._busy_gauge = metrics.ON_DEMAND_SLOTS_BUSY.labels(edge)
+        self._busy_gauge.set(0)
 
     @property
     def in_flight(self) -> int:
@@ -183,6 +187,7 @@ class OnDemand:
         if task is None:
             if len(self._running) >= self.slots:
                 self.refused += 1
+                metrics.ON_DEMAND_REFUSALS.labels(self.settings.edge_name).inc()
                 raise Busy(
                     f"this edge's on-demand capacity ({self.slots} splits at once) is in use; "
                     "ask again later",
@@ -191,6 +196,7 @@ class OnDemand:
             task = asyncio.create_task(self._run(span), name=f"on-demand:{span}")
             self.started += 1
             self._running[span] = task
+            self._busy_gauge.set(len(self._running))
             task.add_done_callback(lambda t: self._settled(span, t))
         try:
             # Shielded: an asker who stops waiting (a timeout, a hang-up) leaves the split to
@@ -202,9 +208,20 @@ class OnDemand:
     def _settled(self, span: Span, task: asyncio.Task[Done]) -> None:
         if self._running.get(span) is task:
             del self._running[span]
-        if task.cancelled() or task.exception() is not None:
+        self._busy_gauge.set(len(self._running))
+        if task.cancelled():
             return
-        self._recent[span] = (time.monotonic(), task.result())
+        edge = self.settings.edge_name
+        if task.exception() is not None:
+            metrics.ON_DEMAND_SPLITS.labels(edge, "failed").inc()
+            return
+        done = task.result()
+        metrics.ON_DEMAND_SPLITS.labels(edge, "done").inc()
+        metrics.SPLIT_SECONDS.labels(edge, "on_demand").observe(done.seconds)
+        metrics.SPLIT_INPUT_BYTES.labels(edge, "on_demand").inc(done.fetched_bytes)
+        metrics.SPLIT_OUTPUT_BYTES.labels(edge, "on_demand").inc(done.entry.size)
+        metrics.SPLIT_RANGES.labels(edge, "on_demand").inc()
+        self._recent[span] = (time.monotonic(), done)
         self._recent.move_to_end(span)
         while len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
@@ -306,8 +323,6 @@ class OnDemand:
     ) -> tuple[int, str, int]:
         access = self.settings.source_access
         if url.startswith("s3://"):
-            from ess_splitter.remote import presign_s3
-
             url = await presign_s3(url, self.settings)
             access = access.for_presigned()
         # The file's content, not its URL: the slot's process keeps what it fetched of it.

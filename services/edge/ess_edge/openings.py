@@ -1,7 +1,7 @@
 """The openings of remote files (header, directory, streamers, TTree records: what a split
 reads before any basket), held by the edge for its on-demand slots.
 
-Each slot's process keeps what its own splits fetched (`ess_splitter.remote`). When a file's
+Each slot's process keeps what its own splits fetched (`ess_split.remote`). When a file's
 range goes to a slot that has not opened the file (its own slot was busy, or its process was
 restarted), the edge hands that slot the opening another slot read, so the source is asked
 only for the range's baskets. Bounded: least recently used first out.

@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ess_common import metrics
 from ess_common.cache_space import CacheSpace
 from ess_common.errors import (
     EssError,
@@ -114,7 +115,8 @@ class EdgeState:
         return LookupAnswer(scope=scope, lfn=lfn, start_event=start, last_event=last, pieces=pieces)
 
     async def answer(self, scope: str, lfn: str, start: int, last: int) -> LookupAnswer:
-        entries = await self.datasets.lookup(scope, lfn, start, last)
+        with metrics.lookup("edge", "route"):
+            entries = await self.datasets.lookup(scope, lfn, start, last)
         return self._answer(scope, lfn, start, last, entries)
 
     async def answer_on_demand(
@@ -248,10 +250,13 @@ def create_edge_app(state: EdgeState) -> FastAPI:
         this edge already (HIT), pulled through now (MISS) or left to the object store (BYPASS,
         a redirect to a signed URL)."""
         found = await state.objects.get(key)
+        edge = state.settings.edge_name
         if found is None:
+            metrics.CACHE_MISSES.labels(edge, "range").inc()
             signed = await state.store.signed_url(key, state.settings.signed_url_ttl_s)
             return RedirectResponse(signed, status_code=307, headers={"X-Cache": "BYPASS"})
         path, hit = found
+        (metrics.CACHE_HITS if hit else metrics.CACHE_MISSES).labels(edge, "range").inc()
         return RangeFileResponse(
             path,
             media_type="application/octet-stream",

@@ -21,6 +21,7 @@ from ess_common.runtime import every
 from ess_common.settings import EdgeSettings
 from ess_edge.cache import Evictor
 from ess_edge.heartbeat import send_heartbeat
+from ess_edge.on_demand import OnDemand
 from ess_edge.server import EdgeServer
 from ess_edge.supervisor import Child
 
@@ -35,11 +36,13 @@ class Edge:
         children: list[Child],
         *,
         server: EdgeServer | None = None,
+        on_demand: OnDemand | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
         self.children = children
         self.server = server
+        self.on_demand = on_demand
         self.space = CacheSpace(
             settings.edge_cache_dir, settings.edge_quota_bytes, pin_ttl_s=settings.edge_pin_ttl_s
         )
@@ -103,7 +106,8 @@ class Edge:
         log.info("request.cancelled", request_id=event.request_id, forgotten=forgotten)
 
     async def heartbeat(self) -> None:
-        await send_heartbeat(self.settings, self.bus, url=self.url)
+        busy = self.on_demand.in_flight if self.on_demand is not None else None
+        await send_heartbeat(self.settings, self.bus, url=self.url, on_demand_busy=busy)
 
     async def stop(self) -> None:
         for task in self._tasks:

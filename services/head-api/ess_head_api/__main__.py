@@ -8,7 +8,8 @@ the relays and the request expiry of several processes share their tables (SKIP 
 
 Several workers are run by uvicorn's supervisor on a listening socket made here rather than by
 uvicorn's `--workers`, which leaves Nagle's algorithm on for every connection (see
-`tcp_listener`).
+`tcp_listener`). They count their metrics in a directory this process makes and deletes, so
+that `/metrics`, whichever worker answers it, shows the whole head.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
+from ess_common import tracing
 from ess_common.db.session import make_engine, make_session_maker
 from ess_common.logs import configure_logging
 from ess_common.messaging.factory import make_bus
 from ess_common.messaging.outbox import OutboxRelay
+from ess_common.metrics_export import owned_directory
+from ess_common.rucio import make_catalogue
 from ess_common.settings import HeadSettings
 from ess_common.store.factory import make_store
 from ess_head_api.app import create_app
@@ -40,7 +44,8 @@ def build_app(settings: HeadSettings) -> FastAPI:
     store = make_store(settings)
     sessions = make_session_maker(engine)
     relay = OutboxRelay(sessions, bus)
-    app = create_app(HeadState(settings, sessions, store, relay))
+    catalogue = make_catalogue(settings)
+    app = create_app(HeadState(settings, sessions, store, relay, catalogue))
     served_app = app.router.lifespan_context
 
     async def stop_relay(task: asyncio.Task[None]) -> None:
@@ -51,12 +56,16 @@ def build_app(settings: HeadSettings) -> FastAPI:
     async def lifespan(served: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(engine.dispose)
+            if catalogue is not None:
+                stack.push_async_callback(catalogue.close)
             await bus.start()
             stack.push_async_callback(bus.close)
             await store.start()
             stack.push_async_callback(store.close)
             relay_task = asyncio.create_task(relay.run(), name="head-outbox")
             stack.push_async_callback(stop_relay, relay_task)
+            provider = tracing.configure("ess-head-api", settings.otlp_endpoint)
+            stack.callback(provider.shutdown)
             async with served_app(served):
                 yield
 
@@ -96,7 +105,8 @@ def serve(settings: HeadSettings) -> None:
         port=settings.api_port,
         log_config=None,
     )
-    Multiprocess(config, sockets=[tcp_listener(config)]).run()
+    with owned_directory("head"):
+        Multiprocess(config, sockets=[tcp_listener(config)]).run()
 
 
 def main() -> None:

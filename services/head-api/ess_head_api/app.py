@@ -27,15 +27,18 @@ from ess_common.errors import EssError
 from ess_common.ranges import RangeFailure
 from ess_common.refusals import refusal
 from ess_common.runtime import every
+from ess_common.tracing import TraceRequests
 from ess_head_api.auth import AUTH_RESPONSES, TokenBook, announce, authenticated
 from ess_head_api.lifecycle import expire
 from ess_head_api.lookup_shortcut import LookupShortcut
 from ess_head_api.routes import (
     admin,
+    dashboard,
     edges,
     events,
     files,
     health,
+    metrics,
     objects,
     on_demand,
     ranges,
@@ -43,6 +46,7 @@ from ess_head_api.routes import (
     schemas,
 )
 from ess_head_api.routes.events import StreamCount
+from ess_head_api.schemas import RequestEventView
 from ess_head_api.state import HeadState
 
 
@@ -65,9 +69,10 @@ log = structlog.get_logger("ess.head_api")
 def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI document as the app answers: a 422 is either FastAPI's list of validation
     problems or one of our reasons, every other refusal is one of our reasons."""
-    schema.setdefault("components", {}).setdefault("schemas", {})["ErrorAnswer"] = (
-        ErrorAnswer.model_json_schema()
-    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorAnswer"] = ErrorAnswer.model_json_schema()
+    # Named by the events route's second content type (its history).
+    components["RequestEventView"] = RequestEventView.model_json_schema()
     for path, operations in schema["paths"].items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
@@ -140,6 +145,8 @@ def create_app(state: HeadState) -> FastAPI:
     app.state.head = state
     app.state.tokens = TokenBook.from_settings(state.settings.tokens)
     app.state.streams = StreamCount()
+    # The lookup shortcut outside the tracing: pilots' lookups are no request's work.
+    app.add_middleware(TraceRequests)
     app.add_middleware(LookupShortcut)
     announce(app.state.tokens)
 
@@ -172,8 +179,9 @@ def create_app(state: HeadState) -> FastAPI:
         objects.router,
         responses={403: {"description": "the URL's signature does not match or it has expired"}},
     )
-    for module in (schemas, health):
+    for module in (schemas, health, metrics):
         app.include_router(module.router)
+    dashboard.mount(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

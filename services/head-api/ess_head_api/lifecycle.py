@@ -29,12 +29,15 @@ import structlog
 from sqlalchemy import String, cast, delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ess_common import metrics
+from ess_common.db import history
 from ess_common.db.models import (
     File,
     FileStatus,
     Notification,
     Range,
     Request,
+    RequestEventKind,
     RequestStatus,
     utcnow,
 )
@@ -95,6 +98,8 @@ async def cancel(session: AsyncSession, request_id: str, reason: str) -> Request
             correlation_id=request.id,
         ),
     )
+    history.record(session, request.id, RequestEventKind.CANCELLED, detail=reason)
+    metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state="cancelled").inc)
     log.info("request.cancelled", request_id=request.id, reason=reason)
     return request
 
@@ -105,6 +110,12 @@ async def retry(session: AsyncSession, request_id: str) -> tuple[Request, int]:
     if request.status != RequestStatus.FAILED:
         raise Conflict(
             f"request {request_id} is {request.status}: only a failed request can be retried"
+        )
+    has_files = await session.scalar(select(File.id).where(File.request_id == request_id).limit(1))
+    if has_files is None:
+        raise Conflict(
+            f"request {request_id} has no files to retry: its dataset was refused ({request.error})"
+            "; ask again under a new idempotency key once the dataset is fixed"
         )
     failed = (
         await session.scalars(
@@ -143,6 +154,9 @@ async def retry(session: AsyncSession, request_id: str) -> tuple[Request, int]:
         .execution_options(synchronize_session=False)
     )
     await session.refresh(request)
+    history.record(
+        session, request.id, RequestEventKind.RETRY_REQUESTED, detail=f"{len(failed)} files"
+    )
     log.info("request.retried", request_id=request.id, files=len(failed))
     return request, len(failed)
 

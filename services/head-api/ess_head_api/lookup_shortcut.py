@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ess_common import metrics
 from ess_common.errors import EssError
 from ess_common.events import MAX_EVENT
 from ess_common.refusals import refusal
@@ -97,11 +98,13 @@ class LookupShortcut:
             await self.app(scope, receive, send)
             return
         try:
-            body = await answer_json(scope["app"].state.head, *asked)
+            with metrics.lookup("head", "fast"):
+                body = await answer_json(scope["app"].state.head, *asked)
         except EssError as exc:
             await refusal(exc)(scope, receive, send)
             return
         except Exception:
+            # Counted as an error of the fast path; the route answers it (and counts it).
             await self.app(scope, receive, send)
             return
         headers = [(b"content-length", str(len(body)).encode()), (b"content-type", JSON)]

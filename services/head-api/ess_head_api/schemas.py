@@ -57,6 +57,31 @@ class EdgeView(Answer):
     queued: int
     load: float
     version: str
+    used_bytes: int | None = Field(
+        default=None, description="what its cache holds or has reserved, evictable files included"
+    )
+    on_demand_slots: int | None = Field(
+        default=None, description="on-demand splits it runs at once"
+    )
+    on_demand_busy: int | None = Field(
+        default=None, description="on-demand splits running at its last heartbeat"
+    )
+
+
+class RequestEventView(Answer):
+    """One entry of a request's history, in the order things happened."""
+
+    id: int = Field(description="increasing; pass the last as `after` for what came since")
+    at: datetime
+    kind: str = Field(
+        description="received, assigned, cached, split, retried, moved, file_failed, ready, "
+        "failed, cancelled, retry_requested, notified, notification_failed, dead_letter"
+    )
+    file_id: int | None
+    edge: str | None
+    attempt: int | None
+    detail: str | None
+    trace_id: str | None = Field(description="the trace of the work that made the change")
 
 
 class DeadLetterView(Answer):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from ess_common.catalogue import Catalogue
 from ess_common.db.session import SessionMaker
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.settings import HeadSettings
@@ -18,6 +19,8 @@ class HeadState:
     sessions: SessionMaker
     store: ObjectStore
     relay: OutboxRelay
+    #: Where a request naming only its dataset has its files resolved (Rucio), if anywhere.
+    catalogue: Catalogue | None = None
 
 
 async def head_state(request: Request) -> HeadState:

@@ -121,4 +121,7 @@ def edge_view(edge: Edge, lost_after: timedelta) -> EdgeView:
         queued=edge.queued,
         load=edge.load,
         version=edge.version,
+        used_bytes=edge.used_bytes,
+        on_demand_slots=edge.on_demand_slots,
+        on_demand_busy=edge.on_demand_busy,
     )

@@ -1,4 +1,5 @@
-"""Sending one notification: a message on the PanDA-facing exchange or an HTTP callback."""
+"""Sending one notification: a message on the PanDA-facing exchange, a message on PanDA's
+STOMP destination, or an HTTP callback."""
 
 from __future__ import annotations
 
@@ -6,23 +7,37 @@ import json
 
 import httpx
 
+from ess_common import tracing
 from ess_common.db.models import Notification
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.messaging.bus import Bus
+from ess_common.messaging.stomp import StompPublisher
 
 MESSAGE = "message"
+STOMP = "stomp"
 HTTP = "http"
 
 
-async def send(notification: Notification, bus: Bus, http: httpx.AsyncClient) -> None:
+async def send(
+    notification: Notification,
+    bus: Bus,
+    http: httpx.AsyncClient,
+    stomp: StompPublisher | None = None,
+) -> None:
     body = json.dumps(notification.payload).encode()
+    if notification.kind == STOMP:
+        if stomp is None:
+            raise RetryableError("a STOMP notice, and this notifier has no ESS_STOMP_URL")
+        await stomp.send(notification.target, body, {"x-ess-notification-id": str(notification.id)})
+        return
     if notification.kind == MESSAGE:
         exchange, _, routing_key = notification.target.partition(":")
+        # PanDA's message carries the request's trace context too.
         await bus.publish(
             routing_key,
             body,
             exchange=exchange,
-            headers={"x-ess-notification-id": notification.id},
+            headers=tracing.inject({"x-ess-notification-id": notification.id}),
         )
         return
     try:

@@ -7,8 +7,10 @@ key, so a redelivered event adds nothing; then delivers the due ones, each claim
 with backoff up to a limit.
 
 Messages go to `panda_exchange` with the event's name as routing key unless
-`panda_routing_keys` names another. `file.ready` is a message only (one per file and target;
-the file is part of the notice's key), sent when the request asked for messages and for files.
+`panda_routing_keys` names another, and, with `stomp_notice_destination`, the same body to that
+STOMP destination (PanDA's message broker), each confirmed by a receipt. `file.ready` is a
+message only (one per file and target; the file is part of the notice's key), sent when the
+request asked for messages and for files.
 An event that no longer matches its request (a `request.failed` after the request was retried
 or cancelled) is not announced.
 """
@@ -25,10 +27,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ess_common import metrics, tracing
+from ess_common.db import history
 from ess_common.db.models import (
     Notification,
     NotificationStatus,
     Request,
+    RequestEventKind,
     RequestStatus,
     utcnow,
 )
@@ -39,9 +44,10 @@ from ess_common.messaging.bus import Bus
 from ess_common.messaging.dispatch import backoff
 from ess_common.messaging.handlers import transactional
 from ess_common.messaging.outbox import OutboxRelay
+from ess_common.messaging.stomp import StompPublisher
 from ess_common.runtime import every
 from ess_common.settings import HeadSettings
-from ess_notifier.delivery import HTTP, MESSAGE, send
+from ess_notifier.delivery import HTTP, MESSAGE, STOMP, send
 
 log = structlog.get_logger("ess.notifier")
 
@@ -93,9 +99,16 @@ def notice_key(event: Notice) -> str:
 
 class Notifier:
     def __init__(
-        self, settings: HeadSettings, bus: Bus, sessions: SessionMaker, http: httpx.AsyncClient
+        self,
+        settings: HeadSettings,
+        bus: Bus,
+        sessions: SessionMaker,
+        http: httpx.AsyncClient,
+        stomp: StompPublisher | None = None,
     ) -> None:
         self.settings = settings
+        #: PanDA's STOMP broker, for the notices to `stomp_notice_destination`.
+        self.stomp = stomp
         self.bus = bus
         self.sessions = sessions
         self.http = http
@@ -109,12 +122,15 @@ class Notifier:
         return f"{self.settings.panda_exchange}:{routing_key}"
 
     def targets(self, event: Notice, request: Request) -> list[tuple[str, str]]:
+        messages = [(MESSAGE, self.message_target(event.event_type))]
+        if self.settings.stomp_notice_destination:
+            messages.append((STOMP, self.settings.stomp_notice_destination))
         if isinstance(event, FileReady):
             wanted = request.notify_message and request.notify_files
-            return [(MESSAGE, self.message_target(event.event_type))] if wanted else []
+            return messages if wanted else []
         targets: list[tuple[str, str]] = []
         if request.notify_message:
-            targets.append((MESSAGE, self.message_target(event.event_type)))
+            targets += messages
         if request.callback_url:
             targets.append((HTTP, request.callback_url))
         return targets
@@ -138,6 +154,7 @@ class Notifier:
                             kind=kind,
                             target=target,
                             payload=body,
+                            trace_context=tracing.current_headers() or None,
                         )
                     )
             except IntegrityError:
@@ -161,25 +178,49 @@ class Notifier:
                     )
                     if n is None:
                         return sent
-                    await self._attempt(n)
+                    await self._attempt(session, n)
                     sent += n.status == NotificationStatus.SENT
 
-    async def _attempt(self, n: Notification) -> None:
+    async def _attempt(self, session: AsyncSession, n: Notification) -> None:
+        # In the trace of the event it tells, whichever round delivers it.
+        with tracing.continued(n.trace_context, f"notify {n.event}", target=n.kind):
+            structlog.contextvars.bind_contextvars(request_id=n.request_id)
+            try:
+                await self._deliver(session, n)
+            finally:
+                structlog.contextvars.unbind_contextvars("request_id")
+
+    async def _deliver(self, session: AsyncSession, n: Notification) -> None:
         n.attempts += 1
+        what = f"{n.event} by {n.kind} to {n.target}"
         try:
-            await send(n, self.bus, self.http)
+            await send(n, self.bus, self.http, self.stomp)
         except Exception as exc:
             n.last_error = f"{type(exc).__name__}: {exc}"[:2000]
             if isinstance(exc, PermanentError) or n.attempts >= self.settings.callback_max_attempts:
                 n.status = NotificationStatus.FAILED
                 log.error("notification.failed", id=n.id, target=n.target, reason=n.last_error)
+                history.record(
+                    session,
+                    n.request_id,
+                    RequestEventKind.NOTIFICATION_FAILED,
+                    attempt=n.attempts,
+                    detail=f"{what}: {n.last_error}",
+                )
+                outcome = "failed"
             else:
                 delay = backoff(n.attempts, self.settings.retry_backoff_s, cap_s=300)
                 n.next_attempt_at = utcnow() + timedelta(seconds=delay)
                 log.warning("notification.retry", id=n.id, target=n.target, delay_s=delay)
+                outcome = "retry"
+            metrics.on_commit(session, metrics.NOTIFICATIONS.labels(n.kind, outcome).inc)
             return
         n.status, n.sent_at, n.last_error = NotificationStatus.SENT, utcnow(), None
         log.info("notification.sent", id=n.id, kind=n.kind, target=n.target)
+        history.record(
+            session, n.request_id, RequestEventKind.NOTIFIED, attempt=n.attempts, detail=what
+        )
+        metrics.on_commit(session, metrics.NOTIFICATIONS.labels(n.kind, "sent").inc)
 
     async def start(self) -> None:
         handler = transactional(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ess_common.messaging.factory import make_bus
+from ess_common.rucio import make_catalogue
 from ess_common.runtime import run_main, run_parts
 from ess_common.settings import EdgeSettings
 from ess_precacher.service import Precacher
@@ -10,7 +11,7 @@ from ess_precacher.service import Precacher
 
 async def run(settings: EdgeSettings) -> None:
     bus = make_bus(settings)
-    precacher = Precacher(settings, bus)
+    precacher = Precacher(settings, bus, make_catalogue(settings))
     await run_parts((bus.start, bus.close), (precacher.start, precacher.stop))
 
 

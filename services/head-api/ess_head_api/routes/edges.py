@@ -13,10 +13,11 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common.db.models import Edge, EdgeStatus, File, FileStatus
+from ess_common.db.file_moves import take_back
+from ess_common.db.models import Edge, EdgeStatus
 from ess_common.db.session import unit_of_work
 from ess_common.errors import NotFound
 from ess_head_api.auth import READERS, Role, require
@@ -28,9 +29,6 @@ log = structlog.get_logger("ess.head_api.edges")
 
 router = APIRouter(prefix="/v1", tags=["edges"])
 State = Annotated[HeadState, Depends(head_state)]
-
-#: Files whose bytes an edge holds or is about to hold (the broker's reservation).
-_IN_FLIGHT = (FileStatus.ASSIGNED, FileStatus.CACHED)
 
 
 def _lost_after(state: HeadState) -> timedelta:
@@ -77,13 +75,8 @@ async def disable_edge(name: str, state: State) -> EdgeView:
     async with unit_of_work(state.sessions) as session:
         edge = await _locked_edge(session, name)
         edge.status = EdgeStatus.DISABLED
-        moved = await session.execute(
-            update(File)
-            .where(File.edge == name, File.status.in_(_IN_FLIGHT))
-            .values(status=FileStatus.PENDING, edge=None)
-            .execution_options(synchronize_session=False)
-        )
-        log.warning("edge.disabled", edge=name, files_moved=moved.rowcount)  # type: ignore[attr-defined]
+        moved = await take_back(session, [name], "disabled")
+        log.warning("edge.disabled", edge=name, files_moved=moved)
         return edge_view(edge, _lost_after(state))
 
 

@@ -1,4 +1,10 @@
-"""Following one request as Server-Sent Events: `GET /v1/requests/{id}/events`.
+"""A request's events: its history (`Accept: application/json`), or its progress followed as
+Server-Sent Events (`text/event-stream`, the default): `GET /v1/requests/{id}/events`.
+
+The history lists what happened to the request and its files, oldest first (received,
+assigned to an edge, cached, split, retried, moved, failed with what, ready, notified, ...),
+as the bookkeeping wrote it with each change; `after` (the last `id` seen) gives what came
+since.
 
 The stream opens with the request's current status (`event: status`, the same JSON as
 `GET /v1/requests/{id}` without the file list), then sends a new `status` frame each time the
@@ -22,13 +28,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi import Request as HttpRequest
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from pydantic import TypeAdapter
 
+from ess_common.db.history import history
 from ess_common.db.models import Request, RequestStatus
 from ess_common.errors import NotFound
 from ess_head_api.auth import READERS, require
+from ess_head_api.schemas import RequestEventView
 from ess_head_api.state import HeadState, head_state
 from ess_head_api.views import request_view
 
@@ -115,15 +124,33 @@ async def follow(
         streams.open -= 1
 
 
+_HISTORY = TypeAdapter(list[RequestEventView])
+
+
+def wants_history(accept: str | None) -> bool:
+    """The history is asked for by `Accept: application/json` (and not the stream)."""
+    asked = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
+    return "application/json" in asked and "text/event-stream" not in asked
+
+
 @router.get(
     "/requests/{request_id}/events",
     dependencies=[require(*READERS)],
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "a stream of `status` frames ending with `ready`, `failed`, "
+            "description": "with `Accept: application/json`, the request's history (oldest "
+            "first); else a stream of `status` frames ending with `ready`, `failed`, "
             "`cancelled` or `gone`",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}},
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/RequestEventView"},
+                    }
+                },
+            },
         },
         404: {"description": "no request of this id"},
     },
@@ -133,11 +160,20 @@ async def request_events(
     state: Annotated[HeadState, Depends(head_state)],
     http: HttpRequest,
     streams: Annotated[StreamCount, Depends(stream_count)],
-) -> StreamingResponse:
-    """Follow one request's progress as Server-Sent Events (see the module's description)."""
+    after: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="history: entries after this id")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="history: entries at most")] = 1000,
+) -> Response:
+    """The request's history, or its progress as Server-Sent Events (see the module's
+    description)."""
     async with state.sessions() as session:
         if await session.get(Request, request_id) is None:
             raise NotFound("request", request_id)
+        if wants_history(http.headers.get("accept")):
+            rows = await history(session, request_id, after=after, limit=limit)
+            views = [RequestEventView.model_validate(r, from_attributes=True) for r in rows]
+            return Response(_HISTORY.dump_json(views), media_type="application/json")
     return StreamingResponse(
         follow(state, http, request_id, streams),
         media_type="text/event-stream",

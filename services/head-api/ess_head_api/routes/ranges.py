@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field, TypeAdapter
 
+from ess_common import metrics
 from ess_common import ranges as shared
 from ess_common.db.session import engine_of
 from ess_common.errors import EssError
@@ -63,7 +64,9 @@ async def lookup_range(
     file (PanDA's in-file numbering). The answer lists every prepared file holding part of
     the range, the events each holds, and how to number them within that file."""
     state = await head_state(request)
-    return JSONAnswer(await answer_json(state, scope, lfn, start_event, last_event, place))
+    with metrics.lookup("head", "route"):
+        body = await answer_json(state, scope, lfn, start_event, last_event, place)
+    return JSONAnswer(body)
 
 
 router.add_api_route(
@@ -100,16 +103,17 @@ async def lookup_ranges(body: BatchLookup, request: Request) -> Response:
     results = []
     for r in body.event_ranges:
         try:
-            found: LookupAnswer | EssError = await answer(
-                engine,
-                state.store,
-                settings.signed_url_ttl_s,
-                r.scope,
-                r.lfn,
-                r.start_event,
-                r.last_event,
-                hint,
-            )
+            with metrics.lookup("head", "batch"):
+                found: LookupAnswer | EssError = await answer(
+                    engine,
+                    state.store,
+                    settings.signed_url_ttl_s,
+                    r.scope,
+                    r.lfn,
+                    r.start_event,
+                    r.last_event,
+                    hint,
+                )
         except EssError as exc:
             found = exc
         results.append(range_result(r.event_range_id, found))

@@ -56,9 +56,12 @@ async def _get(state: HeadState, request_id: str) -> Request:
 )
 async def create_request(spec: RequestSpec, state: State, response: Response) -> RequestView:
     """Ask ESS to prepare a dataset. A resubmission with the same idempotency key returns the
-    request already recorded (200); the same key with other content is refused (409)."""
+    request already recorded (200); the same key with other content is refused (409). Without
+    `files`, the dataset is resolved in Rucio: a dataset Rucio does not know, an empty one or
+    one with a file without an event count is recorded failed with the reason (and PanDA told);
+    Rucio unreachable is a 503."""
     async with unit_of_work(state.sessions) as session:
-        request, created = await record_request(session, spec)
+        request, created = await record_request(session, spec, catalogue=state.catalogue, via="api")
         if created:
             add_event(session, RequestCreated(**spec.model_dump(), correlation_id=request.id))
         else:
