@@ -8,10 +8,11 @@ uproot opens the file through fsspec (``uproot_io``); the engine reads its heade
 and records; then, with concurrent requests, the baskets that hold the range's entries of every
 event tree (of a zlib or LZMA basket only its beginning, up to the range's end: ``prefetch``)
 and whatever is carried whole into range files; no other byte of the file is requested.
-Produces the range file at a local path, exactly as ``split_root_file`` would have written that
-range, and the number of bytes fetched: the response bodies received over HTTP, counted as they
-arrive (so a server that ignored the byte ranges would show), or the bytes requested from
-XRootD.
+Produces the range file at a local path, holding the same entries, objects and metadata as the
+range file ``split_root_file`` writes (buffer capacities may differ where a cut basket is read
+only up to the range's end), and the number of bytes fetched: the response bodies received
+over HTTP, counted as they arrive (so a server that ignored the byte ranges would show), or the
+bytes requested from XRootD.
 
 This is the on-demand path: ``split_range`` is the coroutine the splitter service calls.
 Failures to reach the file are ``RetryableError``; a file that is not there is ``NotFound``;
