@@ -340,6 +340,8 @@ class RangeFileWriter:
             [BranchBaskets.empty() for _ in tree.record.branches] for tree in template.cut
         ]
         self._anchors: list[bytes | None] = [None] * len(template.ntuples)
+        #: Where each cut tree's directory record is, by tree.
+        self._directories = [template.dir_seek(tree.directory) for tree in template.cut]
 
     def write_blob(self, data: bytes, objlen: int) -> int:
         """Append a key of class RBlob holding ``data``; return where ``data`` starts."""
@@ -356,7 +358,7 @@ class RangeFileWriter:
         """Append one basket of branch ``branch`` of cut tree ``tree``, beginning at source
         entry ``first``."""
         cut = self._template.cut[tree]
-        directory = self._dir_seek(cut.directory)
+        directory = self._directories[tree]
         if piece.copied:
             decoded: Decoded = decode_keyed(piece.data, cut.record.name)
             piece = decoded.cut(0, decoded.entries, cut.record.branches[branch].may_refer)
@@ -397,11 +399,12 @@ class RangeFileWriter:
         start = run[0][2].slot.seek
         base = self._end
         done = 0
+        directories = self._directories
+        baskets = self._baskets
         for tree, branch, copy in run:
             slot = copy.slot
             offset = slot.seek - start
-            directory = self._dir_seek(self._template.cut[tree].directory)
-            nbytes, version, objlen = _NBYTES_VERSION_OBJLEN.unpack_from(data, offset)
+            nbytes, version, objlen, keylen = _KEY_HEAD.unpack_from(data, offset)
             if nbytes != slot.nbytes:
                 raise RecordError(f"a basket at {slot.seek} is not the size its branch says")
             if version <= 1000 and base + offset + nbytes > BIG_FILE:
@@ -421,10 +424,9 @@ class RangeFileWriter:
                 done = offset + nbytes
                 base = self._end - done
                 continue
-            keylen = int.from_bytes(data[offset + _KEYLEN_AT : offset + _KEYLEN_AT + 2], "big")
             seeks = _SEEKS_BIG if version > 1000 else _SEEKS_SMALL
-            seeks.pack_into(data, offset + _SEEKS_AT, base + offset, directory)
-            self._baskets[tree][branch].add(
+            seeks.pack_into(data, offset + _SEEKS_AT, base + offset, directories[tree])
+            baskets[tree][branch].add(
                 slot.first, base + offset, nbytes, slot.stop - slot.first, keylen + objlen
             )
         self._append(bytes(data[done:]))
@@ -596,8 +598,8 @@ class RangeFileWriter:
         self._temp.unlink(missing_ok=True)
 
 
-_NBYTES_VERSION_OBJLEN = struct.Struct(">ihi")
-_KEYLEN_AT = 14
+#: A key's fNbytes, fVersion, fObjlen, (fDatime skipped) and fKeylen.
+_KEY_HEAD = struct.Struct(">ihi4xh")
 _SEEKS_AT = 18
 _SEEKS_BIG = struct.Struct(">qq")
 _SEEKS_SMALL = struct.Struct(">ii")
