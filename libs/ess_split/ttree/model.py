@@ -159,28 +159,24 @@ def _slots(branch: BranchRecord) -> list[BasketSlot]:
         elif isinstance(item, Ref):
             raise Unsupported(f"branch {branch.name!r} lists a basket twice")
     slots = []
-    entry = branch.basket_entry
+    # Python ints: indexing numpy arrays one number at a time is slow for thousands of baskets.
+    entry = branch.basket_entry.tolist()
+    seeks = branch.basket_seek.tolist()
+    sizes = branch.basket_bytes.tolist()
     for number in range(branch.write_basket):
-        first = int(entry[number])
-        stop = int(entry[number + 1]) if number + 1 <= branch.write_basket else branch.entries
+        first = entry[number]
+        stop = entry[number + 1] if number + 1 <= branch.write_basket else branch.entries
         if number in embedded:
             slots.append(BasketSlot(number, first, stop, 0, 0, embedded.pop(number)))
-        elif branch.basket_seek[number] <= 0 or branch.basket_bytes[number] <= 0:
+        elif seeks[number] <= 0 or sizes[number] <= 0:
             raise Unsupported(f"branch {branch.name!r} basket {number} has no position")
         else:
-            slots.append(
-                BasketSlot(
-                    number,
-                    first,
-                    stop,
-                    int(branch.basket_seek[number]),
-                    int(branch.basket_bytes[number]),
-                )
-            )
+            slots.append(BasketSlot(number, first, stop, seeks[number], sizes[number]))
     last = embedded.pop(branch.write_basket, None)
     if last is not None:
-        first = int(entry[branch.write_basket])
-        slots.append(BasketSlot(branch.write_basket, first, branch.entries, 0, 0, last))
+        slots.append(
+            BasketSlot(branch.write_basket, entry[branch.write_basket], branch.entries, 0, 0, last)
+        )
     if embedded:
         raise Unsupported(f"branch {branch.name!r} holds baskets past its last one")
     covered = 0
