@@ -253,25 +253,12 @@ class FileTemplate:
             edits.append(
                 Edit(value.start, value.end, b"\x01" + seeks.astype(f">i{itemsize}").tobytes())
             )
-        placed_key = key.placed(len(prefix), seek_pdir)
-        data = Rewrite(tree.walk, edits, placed_key.keylen).data if edits else tree.walk.data
-        stored = compress(data, self.compression)
-        placed_key = new_key(
-            key.classname,
-            key.name,
-            key.title,
-            objlen=len(data),
-            stored=len(stored),
-            seek_key=len(prefix),
-            seek_pdir=seek_pdir,
-            cycle=key.cycle,
-            when=key.datime,
-        )
-        if placed_key.keylen != key.keylen:
-            # References in the record count from the key's start: redo them for this key.
-            data = Rewrite(tree.walk, edits, placed_key.keylen).data
+
+        def keyed(keylen: int) -> tuple[Key, bytes]:
+            rewrite = edits or keylen != key.keylen
+            data = Rewrite(tree.walk, edits, keylen).data if rewrite else tree.walk.data
             stored = compress(data, self.compression)
-            placed_key = new_key(
+            return new_key(
                 key.classname,
                 key.name,
                 key.title,
@@ -281,7 +268,12 @@ class FileTemplate:
                 seek_pdir=seek_pdir,
                 cycle=key.cycle,
                 when=key.datime,
-            )
+            ), stored
+
+        placed_key, stored = keyed(key.placed(len(prefix), seek_pdir).keylen)
+        if placed_key.keylen != key.keylen:
+            # References in the record count from the key's start: redo them for this key.
+            placed_key, stored = keyed(placed_key.keylen)
         prefix += placed_key.pack() + stored
         return placed_key
 
