@@ -103,6 +103,9 @@ class EssSettings(BaseSettings):
     #: placing work near the data; an RSE not named here has the site of its `site` attribute
     #: (else its own name) and the region of its `region` attribute.
     rucio_rse_sites: dict[str, str] = {}
+    #: Range files one process uploads at once (all its files together), and the size of its
+    #: S3 client's connection pool: a store round trip per object is paid this many at a time.
+    upload_concurrency: int = Field(default=16, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _rucio_credentials(self) -> EssSettings:
