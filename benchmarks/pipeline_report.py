@@ -4,6 +4,7 @@ the flow's time went, and what a longer round trip to the store would make of it
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,7 +106,9 @@ def page(command: Sequence[str], started: dt.datetime, m: Measured) -> str:
     lines = [
         "# The pipeline's own cost",
         "",
-        f"Measured {started:%Y-%m-%d %H:%M} UTC on {describe_machine(with_python=True)}.",
+        f"Measured {started:%Y-%m-%d %H:%M} UTC on {describe_machine(with_python=True)}; "
+        f"load average {os.getloadavg()[1]:.1f} over the last 5 minutes of the run (the "
+        "machine is shared: every part below ran on the same cores).",
         "",
         f"`{shlex.join(command)}`",
         "",

@@ -8,8 +8,8 @@ the whole process), and the splitter takes the next file while a file's ranges u
 one split per worker slot runs at once, the deliveries beyond them wait for a slot. A file the
 engine does not cut is delivered whole as one range or reported as failed for good, as
 `split_unsplittable` says; a corrupt file fails for good at once, with how it is corrupt;
-objects left out of the range files are logged. Every range file exists
-before the first upload, so a failed split uploads nothing.
+objects left out of the range files are logged. Every range file exists before the first
+upload, so a failed split uploads nothing.
 """
 
 from __future__ import annotations
