@@ -12,7 +12,9 @@ generated once into the work directory) at ``--events-per-range`` events per ran
 * ``flow``: ``POST /v1/requests`` to ``ready`` through the head API, the broker, the notifier
   and one edge, each its own process, on PostgreSQL, RabbitMQ and the S3 server; the request's
   history and the edge's log say where the time went (head and broker, precache copy and
-  checksum, split, upload, bookkeeping).
+  checksum, split, upload, bookkeeping);
+* ``flow, local store``: the same with a directory as the object store, for the pipeline's own
+  cost apart from the store's (``--stores s3`` leaves it out).
 
 It reports each as a ratio to the split, the target (the flow within 1.3x of the split), and a
 computed note of what a 50 ms round trip to the store would make of the uploads and the flow.
@@ -20,8 +22,8 @@ The page is printed and written with the command and the machine.
 
 Usage: ``python -m benchmarks.pipeline_bench [--files 8] [--events 420000]
 [--events-per-range 1000] [--concurrency 16] [--workdir var/bench/pipeline]
-[--out docs/benchmarks/pipeline.md] [--rtt-ms 50]``. The servers are those of the test suite
-(``ESS_TEST_DATABASE_URL``, ``ESS_TEST_AMQP_URL``, ``ESS_TEST_S3_*``).
+[--out docs/benchmarks/pipeline.md] [--rtt-ms 50] [--stores s3,local]``. The servers are those
+of the test suite (``ESS_TEST_DATABASE_URL``, ``ESS_TEST_AMQP_URL``, ``ESS_TEST_S3_*``).
 """
 
 from __future__ import annotations
@@ -85,7 +87,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", default="var/bench/pipeline")
     parser.add_argument("--out", default="docs/benchmarks/pipeline.md")
     parser.add_argument("--rtt-ms", type=float, default=50.0)
+    parser.add_argument("--stores", default="s3,local")
     args = parser.parse_args(argv)
+    args.stores = args.stores.split(",")
+    if args.stores[0] != "s3" or not set(args.stores) <= {"s3", "local"}:
+        parser.error("--stores is s3, optionally followed by local")
     if args.files < 1 or args.events < 1 or args.events_per_range < 1 or args.concurrency < 1:
         parser.error("--files, --events, --events-per-range and --concurrency must be positive")
     return args
@@ -102,14 +108,18 @@ async def _measure(workdir: Path, dataset: list[SampleFile], args: argparse.Name
         print(f"upload  {upload_s:.2f} s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    flow_dir = workdir / "flow"
-    shutil.rmtree(flow_dir, ignore_errors=True)
-    flow_dir.mkdir()
-    try:
-        flow = await run_flow(flow_dir, servers, dataset, args.events_per_range, args.concurrency)
-    finally:
-        shutil.rmtree(flow_dir / "edge-cache", ignore_errors=True)
-    print(f"flow    {flow.seconds:.2f} s", file=sys.stderr, flush=True)
+    flows = {}
+    for kind in args.stores:
+        flow_dir = workdir / f"flow-{kind}"
+        shutil.rmtree(flow_dir, ignore_errors=True)
+        flow_dir.mkdir()
+        try:
+            flows[kind] = await run_flow(
+                flow_dir, servers, dataset, args.events_per_range, args.concurrency, kind
+            )
+        finally:
+            shutil.rmtree(flow_dir / "edge-cache", ignore_errors=True)
+        print(f"flow    {flows[kind].seconds:.2f} s ({kind})", file=sys.stderr, flush=True)
     return Measured(
         files=len(dataset),
         events=args.events,
@@ -121,7 +131,8 @@ async def _measure(workdir: Path, dataset: list[SampleFile], args: argparse.Name
         split_s=split.seconds,
         upload_s=upload_s,
         serial_put_s=serial_s / serial_n,
-        flow=flow,
+        flow=flows["s3"],
+        local_flow=flows.get("local"),
         rtt_s=args.rtt_ms / 1000,
     )
 

@@ -1,11 +1,12 @@
 """The whole flow of ``benchmarks.pipeline_bench``: a request from ``POST`` to ``ready`` through
 the head API, the broker, the notifier and one edge, each its own process, on the PostgreSQL,
-RabbitMQ and S3 servers of the test suite.
+RabbitMQ and S3 servers of the test suite (or, with ``store="local"``, a directory as the
+object store: the pipeline's own cost without the store's).
 
 Consumes the dataset's files (local paths, read by the edge through ``file://``), a fresh
-database, exchange and bucket, all removed afterwards. Produces the wall time from ``POST`` to
-``ready`` and what the request's history and the edge's log say about each file: when it was
-assigned, cached, split and uploaded (``FlowTimes``).
+database, exchange and bucket (or directory), all removed afterwards. Produces the wall time
+from ``POST`` to ``ready`` and what the request's history and the edge's log say about each
+file: when it was assigned, cached, split and uploaded (``FlowTimes``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aio_pika
 import httpx
@@ -38,6 +40,8 @@ from ess_common.db.migrate import upgrade
 from ess_common.store.s3 import S3Store
 
 EDGE = "edge-pipe"
+#: The edge's own process and its two workers, each logging `service.started` once up.
+_EDGE_PROCESSES = 3
 _QUEUES = (
     "broker.requests",
     "broker.heartbeats",
@@ -118,6 +122,7 @@ async def run_flow(
     dataset: list[SampleFile],
     events_per_range: int,
     concurrency: int,
+    store_kind: Literal["s3", "local"] = "s3",
 ) -> FlowTimes:
     tag = uuid.uuid4().hex[:10]
     exchange = bucket = f"ess-pipe-{tag}"
@@ -145,11 +150,14 @@ async def run_flow(
             "ESS_HEAD_URL": f"http://127.0.0.1:{port}",
             "ESS_API_PORT": str(port),
             "ESS_LOG_FORMAT": "json",
-            "ESS_STORE_URL": f"s3://{bucket}",
             "ESS_S3_ENDPOINT_URL": servers.s3_endpoint,
             "ESS_S3_ACCESS_KEY": servers.s3_access,
             "ESS_S3_SECRET_KEY": servers.s3_secret,
             "ESS_S3_REGION": servers.s3_region,
+            "ESS_STORE_URL": (
+                f"s3://{bucket}" if store_kind == "s3" else f"file://{workdir / 'objects'}"
+            ),
+            "ESS_URL_SIGNING_KEY": uuid.uuid4().hex,
             "ESS_UPLOAD_CONCURRENCY": str(concurrency),
             "ESS_HEARTBEAT_INTERVAL_S": "0.5",
         }
@@ -169,6 +177,7 @@ async def run_flow(
             processes.append(_start(workdir / f"{name}.log", module, {**env, **extra}))
         async with httpx.AsyncClient(base_url=env["ESS_HEAD_URL"], timeout=30) as http:
             await _wait_edge(http, processes)
+            await _wait_workers(workdir / "edge.log", processes)
             body = request_body(dataset, events_per_range)
             body["idempotency_key"] = f"pipeline-{tag}"
             posted_at = dt.datetime.now(dt.UTC)
@@ -192,6 +201,7 @@ async def run_flow(
             _stop(process)
         await empty_bucket(store)
         await store.close()
+        shutil.rmtree(workdir / "objects", ignore_errors=True)
         await _forget_queues(servers.amqp_url, exchange, f"panda-pipe-{tag}")
         async with admin.connect() as connection:
             await connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
@@ -236,6 +246,18 @@ async def _wait_edge(http: httpx.AsyncClient, processes: list[subprocess.Popen[b
                 return
         await asyncio.sleep(0.1)
     raise RuntimeError("the edge did not heartbeat to the head within 90 s")
+
+
+async def _wait_workers(log: Path, processes: list[subprocess.Popen[bytes]]) -> None:
+    """Until the edge's worker processes (precacher, splitter) have started beside it, as on a
+    running edge: their start is not the pipeline's cost."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        _check_running(processes)
+        if log.read_text(errors="replace").count('"service.started"') >= _EDGE_PROCESSES:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the edge's workers did not start within 120 s")
 
 
 async def _wait_ready(

@@ -30,6 +30,8 @@ class Measured:
     #: Seconds of one `put_object` of a range file, one after another.
     serial_put_s: float
     flow: FlowTimes
+    #: The same flow with a directory as the object store, when it was run.
+    local_flow: FlowTimes | None
     rtt_s: float
 
 
@@ -84,25 +86,61 @@ def with_round_trip(m: Measured) -> RoundTrip:
     )
 
 
-def page(command: Sequence[str], started: dt.datetime, m: Measured) -> str:
-    flow, split = m.flow, m.split_s
+@dataclass(frozen=True)
+class Work:
+    """Seconds of each kind of work, summed over a flow's files (they overlap in time)."""
+
+    precache: float
+    waited: float
+    split: float
+    upload: float
+    booked: float
+
+
+def work(flow: FlowTimes) -> Work:
     files = list(flow.files.values())
-    path = stages(flow)
+    return Work(
+        precache=sum(f.cached - f.assigned for f in files),
+        waited=sum(max(0.0, f.split_started - f.cached) for f in files),
+        split=sum(f.split_s for f in files),
+        upload=sum(f.upload_s for f in files),
+        booked=sum(f.recorded - f.uploaded for f in files),
+    )
+
+
+def page(command: Sequence[str], started: dt.datetime, m: Measured) -> str:
+    split = m.split_s
+    flows = {"S3 store": m.flow}
+    if m.local_flow is not None:
+        flows["local directory store"] = m.local_flow
+    paths = {name: stages(flow) for name, flow in flows.items()}
+    works = {name: work(flow) for name, flow in flows.items()}
     rtt = with_round_trip(m)
     floor = max(split, m.upload_s)
     speedup = m.serial_put_s * m.ranges / m.upload_s
-    ratio = flow.seconds / split
+    ratio = m.flow.seconds / split
     verdict = "met" if ratio <= TARGET_RATIO else "not met"
-    sum_split = sum(f.split_s for f in files)
-    sum_upload = sum(f.upload_s for f in files)
-    waited = sum(max(0.0, f.split_started - f.cached) for f in files)
-    precache = sum(f.cached - f.assigned for f in files)
-    booked = sum(f.recorded - f.uploaded for f in files)
     rtt_ms = m.rtt_s * 1000
+    heading = " | ".join(flows)
+    rule = "|".join("--:" for _ in flows)
 
     def row(what: str, seconds: float, note: str = "") -> str:
         return f"| {what} | {seconds:.2f} | {seconds / split:.2f} | {note} |"
 
+    def columns(values: Sequence[float]) -> str:
+        return " | ".join(f"{v:.2f}" for v in values)
+
+    local_rows = []
+    if m.local_flow is not None:
+        local_ratio = m.local_flow.seconds / split
+        local_rows.append(
+            row(
+                "flow: POST to ready, local directory store",
+                m.local_flow.seconds,
+                "the same with a directory as the store: the pipeline's own cost; "
+                f"{TARGET_RATIO}x: **{'met' if local_ratio <= TARGET_RATIO else 'not met'}**",
+            )
+        )
     lines = [
         "# The pipeline's own cost",
         "",
@@ -135,44 +173,52 @@ def page(command: Sequence[str], started: dt.datetime, m: Measured) -> str:
         ),
         row(
             "flow: POST to ready",
-            flow.seconds,
-            f"head API, broker, notifier, one edge; target {TARGET_RATIO}x: **{verdict}**",
+            m.flow.seconds,
+            f"head API, broker, notifier, one edge, S3 store; target {TARGET_RATIO}x: "
+            f"**{verdict}**",
         ),
+        *local_rows,
         "",
-        f"The flow takes {flow.seconds / floor:.2f}x the slower of its two parts. "
+        f"The flow takes {m.flow.seconds / floor:.2f}x the slower of its two parts. "
         f"{m.concurrency} uploads at once go {speedup:.1f}x as fast as one after another "
         "here: past that, the store is the limit, not the number of uploads in flight.",
         "",
         "## Where the flow's time goes",
         "",
         "The critical path, from the request's history (the head's clock) and the edge's "
-        "`file.split` log lines; each stage begins where the one before ends:",
+        "`file.split` log lines; each stage begins where the one before ends (seconds):",
         "",
-        "| stage | seconds | share |",
-        "|---|--:|--:|",
+        f"| stage | {heading} |",
+        f"|---|{rule}|",
         *(
-            f"| {what} | {seconds:.2f} | {seconds / flow.seconds:.0%} |"
-            for what, seconds in (
-                ("head and broker: POST, record, place, queue the first file", path.placed),
-                ("precache of the first file: copy and adler32 check", path.first_cached),
-                ("splitter: first file cached to last file uploaded", path.splitter),
-                ("bookkeeping: `split.done` of the last file recorded", path.recorded),
-                ("ready: the request seen ready", path.ready),
+            f"| {what} | {columns([getattr(p, field) for p in paths.values()])} |"
+            for what, field in (
+                ("head and broker: POST, record, place, queue the first file", "placed"),
+                ("precache of the first file: copy and adler32 check", "first_cached"),
+                ("splitter: first file cached to last file uploaded", "splitter"),
+                ("bookkeeping: `split.done` of the last file recorded", "recorded"),
+                ("ready: the request seen ready", "ready"),
+            )
+        ),
+        f"| **POST to ready** | {columns([f.seconds for f in flows.values()])} |",
+        "",
+        "Work summed over the files (it overlaps: precache of the next file runs while one is "
+        "split, and a file's uploads while the next one is split), seconds:",
+        "",
+        f"| work | {heading} | pure run |",
+        f"|---|{rule}|--:|",
+        *(
+            f"| {what} | {columns([getattr(w, field) for w in works.values()])} | {pure} |"
+            for what, field, pure in (
+                ("precache (queue to the edge, copy, adler32)", "precache", ""),
+                ("waiting for the splitter", "waited", ""),
+                ("split", "split", f"{split:.2f}"),
+                ("upload", "upload", f"{m.upload_s:.2f} (S3)"),
+                ("bookkeeping (`split.done` to recorded)", "booked", ""),
             )
         ),
         "",
-        "Work summed over the files (it overlaps: precache of the next file runs while one is "
-        "split, and a file's uploads while the next one is split):",
-        "",
-        "| work | seconds, all files | against the pure run |",
-        "|---|--:|---|",
-        f"| precache (queue to the edge, copy, adler32) | {precache:.2f} | |",
-        f"| waiting for the splitter | {waited:.2f} | |",
-        f"| split | {sum_split:.2f} | {sum_split / split:.2f}x the pure split |",
-        f"| upload | {sum_upload:.2f} | {sum_upload / m.upload_s:.2f}x the pure upload |",
-        f"| bookkeeping (`split.done` to recorded) | {booked:.2f} | |",
-        "",
-        "Inside the flow the split shares the machine's cores with the S3 server, the uploads, "
+        "Inside the flow the split shares the machine's cores with the store, the uploads, "
         "PostgreSQL and RabbitMQ, and runs at the edge's niceness "
         "(`ESS_EDGE_WORK_NICENESS`); waiting for the splitter is cached files queued for a "
         "split slot.",

@@ -34,6 +34,8 @@ def test_tiny_run_writes_every_table(tmp_path: Path, capsys: pytest.CaptureFixtu
         "| split | ",
         "| upload | ",
         "| flow: POST to ready | ",
+        "| flow: POST to ready, local directory store | ",
+        "| stage | S3 store | local directory store |",
         "## Where the flow's time goes",
         "| splitter: first file cached to last file uploaded | ",
         "| bookkeeping (`split.done` to recorded) | ",
