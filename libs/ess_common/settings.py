@@ -51,6 +51,9 @@ class EssSettings(BaseSettings):
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_region: str = "us-east-1"
+    #: Range files one process uploads at once (all its files together), and the size of its
+    #: S3 client's connection pool: a store round trip per object is paid this many at a time.
+    upload_concurrency: int = Field(default=16, ge=1, le=1024)
     #: Signs URLs for the local directory store; S3 signs its own.
     url_signing_key: SecretStr = Field(default_factory=lambda: SecretStr(secrets.token_hex(16)))
     signed_url_ttl_s: int = Field(default=600, ge=10, le=7 * 24 * 3600)

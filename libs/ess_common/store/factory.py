@@ -27,4 +27,5 @@ def make_store(settings: EssSettings) -> ObjectStore:
         access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
         secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
         region=settings.s3_region,
+        max_connections=settings.upload_concurrency,
     )

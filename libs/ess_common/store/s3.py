@@ -54,6 +54,7 @@ class S3Store:
         secret_key: str | None = None,
         region: str = "us-east-1",
         create_bucket: bool = True,
+        max_connections: int = 10,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -62,6 +63,9 @@ class S3Store:
         self.secret_key = secret_key
         self.region = region
         self.create_bucket = create_bucket
+        # One client, its pool as large as the uploads run at once: no upload waits for a
+        # connection, and each connection is kept alive across objects.
+        self.max_connections = max(10, max_connections)
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._presigner: Presigner | None = None
@@ -85,6 +89,7 @@ class S3Store:
             retries={"max_attempts": 5, "mode": "standard"},
             connect_timeout=10,
             read_timeout=60,
+            max_pool_connections=self.max_connections,
         )
         self._client = await self._stack.enter_async_context(
             session.create_client(

@@ -3,14 +3,18 @@
 Consumes `file.cached.<edge>`; cuts the cached file into ranges of the request's size (with
 ESS's split engine, `ess_split`, or with the operator's command template when `split_command` is
 set), uploads each under its deterministic key and emits `split.done.<edge>` with every range,
-its key, size and adler32. A file the engine does not cut is delivered whole as one range or
-reported as failed for good, as `split_unsplittable` says; a corrupt file fails for good at once,
-with how it is corrupt; objects left out of the range files are logged. Every range file exists
-before the first upload, so a failed split uploads nothing.
+its key, size and adler32. The range files are uploaded concurrently (`upload_concurrency` for
+the whole process), and the splitter takes the next file while a file's ranges upload: at most
+one split per worker slot runs at once, the deliveries beyond them wait for a slot. A file the
+engine does not cut is delivered whole as one range or reported as failed for good, as
+`split_unsplittable` says; a corrupt file fails for good at once, with how it is corrupt;
+objects left out of the range files are logged. Every range file exists before the first
+upload, so a failed split uploads nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -29,6 +33,7 @@ from ess_common.store.base import ObjectStore, range_key
 from ess_split.errors import SplitError
 from ess_split.split import SplitResult
 from ess_splitter.strategy import SplitOptions, split_file
+from ess_splitter.uploads import Upload, Uploader
 
 log = structlog.get_logger("ess.splitter")
 
@@ -41,6 +46,10 @@ class Splitter:
         self.cache_dir = settings.edge_cache_dir
         self.workers = max(1, (os.cpu_count() or 1) // 2)
         self.split_options = SplitOptions.from_settings(settings)
+        self.uploader = Uploader(store, settings.upload_concurrency)
+        # The CPU-bound part is bounded by the worker slots; uploads are not, so that a file's
+        # uploads overlap the next file's split.
+        self._split_slots = asyncio.Semaphore(self.workers)
 
     async def handle_file_cached(self, event: FileCached) -> SplitDone:
         work, f = event.work, event.work.file
@@ -53,8 +62,12 @@ class Splitter:
         started = time.perf_counter()
         try:
             try:
-                with tracing.span("split.file", size=f.size, events=f.n_events):
-                    result = await self._split(source, out_dir, work.events_per_range, f.n_events)
+                async with self._split_slots:
+                    started = time.perf_counter()
+                    with tracing.span("split.file", size=f.size, events=f.n_events):
+                        result = await self._split(
+                            source, out_dir, work.events_per_range, f.n_events
+                        )
             except SplitError as exc:
                 raise PermanentError(str(exc)) from exc
             if result.whole_reason is not None:
@@ -63,6 +76,7 @@ class Splitter:
                 log.warning(
                     "file.split.skipped", lfn=f.lfn, skipped=[str(s) for s in result.skipped]
                 )
+            split_s = time.perf_counter() - started
             ranges = []
             for piece in result.ranges:
                 key = range_key(
@@ -74,7 +88,6 @@ class Splitter:
                     piece.first_event,
                     piece.last_event,
                 )
-                await self.store.put_file(key, piece.path)
                 ranges.append(
                     RangeInfo(
                         first_event=piece.first_event,
@@ -84,9 +97,19 @@ class Splitter:
                         adler32=piece.adler32,
                     )
                 )
+            # In the order of the ranges, whatever order the uploads finish in.
+            uploads = [Upload(r.key, p.path) for r, p in zip(ranges, result.ranges, strict=True)]
+            with tracing.span("split.upload", ranges=len(uploads)):
+                await self.uploader.put_all(uploads)
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
-        log.info("file.split", lfn=f.lfn, ranges=len(ranges))
+        log.info(
+            "file.split",
+            lfn=f.lfn,
+            ranges=len(ranges),
+            split_s=round(split_s, 3),
+            upload_s=round(time.perf_counter() - started - split_s, 3),
+        )
         edge = self.settings.edge_name
         metrics.SPLIT_SECONDS.labels(edge, "prepared").observe(time.perf_counter() - started)
         metrics.SPLIT_INPUT_BYTES.labels(edge, "prepared").inc(f.size)
@@ -115,7 +138,8 @@ class Splitter:
                 # The cached input is no longer needed by this work: it may be evicted.
                 dropped=lambda e: unpin(self.cache_dir, e.work.file_id, e.work.attempt),
             ),
-            prefetch=self.workers,
+            # One more file per slot: it is split while the previous one uploads.
+            prefetch=2 * self.workers,
         )
 
     async def stop(self) -> None:
