@@ -161,11 +161,15 @@ class SlowFiles:
         self.delay_s = delay_s
         self.port = free_port()
         self._runner: web.AppRunner | None = None
+        #: GETs asked for, by file name.
+        self.gets: dict[str, int] = {}
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.gets[name] = self.gets.get(name, 0) + 1
         await asyncio.sleep(self.delay_s)
         return web.FileResponse(self.directory / request.match_info["name"])
 

@@ -1,8 +1,11 @@
-"""Losing a RabbitMQ node loses no work: every ESS service its own process, connected to a
-three-node cluster of this machine's RabbitMQ (each service given every node's address), and
-the node holding the leaders of ESS's quorum queues killed (`kill -9`) while a request is being
-worked on. The services reconnect to the nodes left, the queues' followers take over, and the
-request completes with every range recorded exactly once."""
+"""ESS on a three-node cluster of this machine's RabbitMQ, every ESS service its own process
+given every node's address, the nodes' `consumer_timeout` cut to 5 s. In order:
+
+- a precache that takes three times the consumer timeout completes once: its delivery is
+  handed back to its queue while the download goes on, so RabbitMQ never takes it back;
+- the node holding the leaders of ESS's quorum queues is killed (`kill -9`) while a request
+  is being worked on: the services reconnect to the nodes left, the queues' followers take
+  over, and the request completes with every range recorded exactly once."""
 
 from __future__ import annotations
 
@@ -38,6 +41,11 @@ EDGES = ("edge-a", "edge-b")
 #: Seconds each source download waits before its bytes come: the request is still being
 #: worked on when the node is killed.
 SLOW_S = 1.5
+#: RabbitMQ's consumer_timeout on the cluster's nodes, and how long the edges hold a delivery.
+CONSUMER_TIMEOUT_S = 5
+HOLD_S = 2
+#: The download that outlasts the consumer timeout.
+LONG_S = 3 * CONSUMER_TIMEOUT_S
 
 
 def _write_root_file(path: Path) -> None:
@@ -59,14 +67,16 @@ class Flow:
     engine: AsyncEngine
     http: httpx.AsyncClient
     slow: SlowFiles
+    very_slow: SlowFiles
     workdir: Path
     exchange: str
 
-    def files(self, lfns: list[str]) -> list[dict[str, Any]]:
-        source = self.workdir / "source.root"
-        size, adler32 = source.stat().st_size, adler32_of_file(source)
+    def files(self, lfns: list[str], source: SlowFiles | None = None) -> list[dict[str, Any]]:
+        served = source or self.slow
+        root_file = self.workdir / "source.root"
+        size, adler32 = root_file.stat().st_size, adler32_of_file(root_file)
         for lfn in lfns:
-            shutil.copyfile(source, self.workdir / "storage" / lfn)
+            shutil.copyfile(root_file, self.workdir / "storage" / lfn)
         return [
             {
                 "scope": SCOPE,
@@ -74,10 +84,48 @@ class Flow:
                 "n_events": N_EVENTS,
                 "size": size,
                 "adler32": adler32,
-                "sources": [self.slow.url(lfn)],
+                "sources": [served.url(lfn)],
             }
             for lfn in lfns
         ]
+
+    async def submit(self, lfns: list[str], source: SlowFiles | None = None) -> str:
+        body = {
+            "dataset": f"{SCOPE}:rmq.{uuid.uuid4().hex[:8]}",
+            "idempotency_key": f"rmq-{uuid.uuid4().hex[:8]}",
+            "events_per_range": EPR,
+            "files": self.files(lfns, source),
+        }
+        created = await self.http.post(f"{self.cluster.head_url}/v1/requests", json=body)
+        assert created.status_code == 201, created.text
+        request_id: str = created.json()["id"]
+        return request_id
+
+    async def wait_ready(self, request_id: str, within_s: float) -> None:
+        async def ready() -> bool:
+            self.cluster.check_running()
+            answer = (
+                await self.http.get(f"{self.cluster.head_url}/v1/requests/{request_id}")
+            ).json()
+            assert answer["status"] not in ("failed", "cancelled"), answer
+            return bool(answer["status"] == "ready")
+
+        try:
+            await eventually(ready, timeout=within_s, interval=0.3, message="request ready")
+        except AssertionError:
+            print(self.cluster.logs())
+            raise
+
+    async def check_exactly_once(self, request_id: str, n_files: int) -> None:
+        """Each file split, into exactly its ranges, none twice."""
+        files, ranges = await self.rows(request_id)
+        assert len(files) == n_files
+        expected = [(first, min(first + EPR - 1, N_EVENTS)) for first in range(1, N_EVENTS, EPR)]
+        for f in files:
+            assert f.status == FileStatus.SPLIT, (f.lfn, f.status)
+            got = sorted((r.first_event, r.last_event) for r in ranges if r.file_id == f.id)
+            assert got == expected, (f.lfn, got)
+        assert len(ranges) == n_files * len(expected)
 
     async def rows(self, request_id: str) -> tuple[list[File], list[Range]]:
         async with make_session_maker(self.engine)() as session:
@@ -88,11 +136,16 @@ class Flow:
         return list(files), list(ranges)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def flow(
-    tmp_path: Path, postgres_server: PostgresServer, s3_settings: S3Settings
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
+    s3_settings: S3Settings,
 ) -> AsyncIterator[Flow]:
-    async with rabbitmq_cluster(tmp_path / "rabbitmq") as rabbit:
+    tmp_path = tmp_path_factory.mktemp("rabbitmq-cluster")
+    # The timeout is checked at each channel tick, once a second (scripts/rabbitmq-cluster.sh).
+    timeout = f"consumer_timeout = {CONSUMER_TIMEOUT_S * 1000}"
+    async with rabbitmq_cluster(tmp_path / "rabbitmq", [timeout]) as rabbit:
         db_url = await postgres_server.url()
         await postgres_server.truncate()
         tag = uuid.uuid4().hex[:10]
@@ -104,12 +157,15 @@ async def flow(
             free_port(),
             ESS_PANDA_EXCHANGE=f"panda-{exchange}",
             ESS_RETRY_BACKOFF_S="0.2",
+            ESS_DELIVERY_HOLD_S=str(HOLD_S),
             **s3_settings.env(bucket),
         )
         _write_root_file(tmp_path / "source.root")
         (tmp_path / "storage").mkdir()
         slow = SlowFiles(tmp_path / "storage", delay_s=SLOW_S)
         await slow.start()
+        very_slow = SlowFiles(tmp_path / "storage", delay_s=LONG_S)
+        await very_slow.start()
         await panda_inbox(rabbit.nodes[0].url, env["ESS_PANDA_EXCHANGE"])
         cluster = Cluster(tmp_path, env)
         engine = make_engine(db_url)
@@ -122,12 +178,13 @@ async def flow(
                 cluster.start_edge(name)
             await cluster.wait_healthy()
             await cluster.wait_edges(set(EDGES))
-            yield Flow(rabbit, cluster, engine, http, slow, tmp_path, exchange)
+            yield Flow(rabbit, cluster, engine, http, slow, very_slow, tmp_path, exchange)
         finally:
             cluster.stop_all()
             await http.aclose()
             await engine.dispose()
             await slow.stop()
+            await very_slow.stop()
             # The cluster goes with its queues; the bucket is the test S3 server's.
             await forget_bucket(s3_settings, bucket)
 
@@ -145,20 +202,30 @@ async def forget_bucket(s3_settings: S3Settings, bucket: str) -> None:
         await store.close()
 
 
+async def test_a_precache_longer_than_the_consumer_timeout_completes_once(flow: Flow) -> None:
+    node = flow.rabbit.nodes[0]
+    held = flow.rabbit.ctl(node, "eval", "application:get_env(rabbit, consumer_timeout).")
+    assert held.strip() == f"{{ok,{CONSUMER_TIMEOUT_S * 1000}}}", held
+    lfn = f"NTUP.long.{uuid.uuid4().hex[:6]}._000001.root"
+    request_id = await flow.submit([lfn], flow.very_slow)
+
+    await flow.wait_ready(request_id, within_s=LONG_S + 60)
+
+    await flow.check_exactly_once(request_id, 1)
+    assert flow.very_slow.gets == {lfn: 1}, "downloaded once"
+    logs = "".join((flow.workdir / f"{e}.log").read_text(errors="replace") for e in EDGES)
+    assert logs.count('"work.handed_over"') >= 3, "the delivery was handed over while it ran"
+    # RabbitMQ never had to take a delivery back.
+    for log in (flow.workdir / "rabbitmq").glob("node-*/log/*.log"):
+        assert "timed out" not in log.read_text(errors="replace"), log
+
+
 async def test_the_node_of_the_queue_leaders_killed_mid_request_loses_nothing(
     flow: Flow,
 ) -> None:
     lfns = [f"NTUP.rmq.{uuid.uuid4().hex[:6]}._{i:06d}.root" for i in range(N_FILES)]
-    body = {
-        "dataset": f"{SCOPE}:rmq.{uuid.uuid4().hex[:8]}",
-        "idempotency_key": f"rmq-{uuid.uuid4().hex[:8]}",
-        "events_per_range": EPR,
-        "files": flow.files(lfns),
-    }
+    request_id = await flow.submit(lfns)
     head = flow.cluster.head_url
-    created = await flow.http.post(f"{head}/v1/requests", json=body)
-    assert created.status_code == 201, created.text
-    request_id = created.json()["id"]
 
     # Mid-flow: files are with the edges, and the request is far from ready.
     async def working() -> bool:
@@ -172,27 +239,10 @@ async def test_the_node_of_the_queue_leaders_killed_mid_request_loses_nothing(
     assert status != "ready", "the request finished before the node could be killed"
     flow.rabbit.kill(leader)
 
-    async def ready() -> bool:
-        flow.cluster.check_running()
-        answer = (await flow.http.get(f"{head}/v1/requests/{request_id}")).json()
-        assert answer["status"] not in ("failed", "cancelled"), answer
-        return bool(answer["status"] == "ready")
-
-    try:
-        await eventually(ready, timeout=120, interval=0.3, message="ready after the node died")
-    except AssertionError:
-        print(flow.cluster.logs())
-        raise
+    await flow.wait_ready(request_id, within_s=120)
 
     # Every range exactly once: each file split, into exactly its ranges, none twice.
-    files, ranges = await flow.rows(request_id)
-    assert len(files) == N_FILES
-    expected = [(first, min(first + EPR - 1, N_EVENTS)) for first in range(1, N_EVENTS, EPR)]
-    for f in files:
-        assert f.status == FileStatus.SPLIT, (f.lfn, f.status)
-        got = sorted((r.first_event, r.last_event) for r in ranges if r.file_id == f.id)
-        assert got == expected, (f.lfn, got)
-    assert len(ranges) == N_FILES * len(expected)
+    await flow.check_exactly_once(request_id, N_FILES)
     # The queues' leaders moved to the nodes left.
     leaders_after = await flow.rabbit.leaders(f"{flow.exchange}.", via=flow.rabbit.nodes[-1])
     assert leader.name in set(leaders_before.values())

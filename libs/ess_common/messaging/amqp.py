@@ -145,6 +145,16 @@ class AmqpBus:
         )
         await self._confirmed(self._publish_channel.default_exchange, out, queue)
 
+    async def send_to_queue(self, queue: str, body: bytes, headers: Mapping[str, Any]) -> None:
+        out = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=dict(headers),
+        )
+        assert self._publish_channel is not None, "bus not started"
+        await self._confirmed(self._publish_channel.default_exchange, out, queue)
+
     async def _confirmed(
         self, target: AbstractExchange, message: aio_pika.Message, routing_key: str
     ) -> None:
