@@ -9,6 +9,7 @@ given every node's address, the nodes' `consumer_timeout` cut to 5 s. In order:
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -127,6 +128,15 @@ class Flow:
             assert got == expected, (f.lfn, got)
         assert len(ranges) == n_files * len(expected)
 
+    def connections_made(self) -> dict[str, int]:
+        """How many times each service (an edge with its workers) has connected to RabbitMQ."""
+        return {
+            name: (self.workdir / f"{name}.log")
+            .read_text(errors="replace")
+            .count('"amqp.connected"')
+            for name in self.cluster.services
+        }
+
     async def rows(self, request_id: str) -> tuple[list[File], list[Range]]:
         async with make_session_maker(self.engine)() as session:
             files = (await session.scalars(select(File).where(File.request_id == request_id))).all()
@@ -218,6 +228,30 @@ async def test_a_precache_longer_than_the_consumer_timeout_completes_once(flow: 
     # RabbitMQ never had to take a delivery back.
     for log in (flow.workdir / "rabbitmq").glob("node-*/log/*.log"):
         assert "timed out" not in log.read_text(errors="replace"), log
+
+
+async def test_connections_closed_mid_request_are_made_again(flow: Flow) -> None:
+    """Every client connection of every node closed by the server while a request is worked
+    on: the services connect again, re-declare and resume, and the request completes."""
+    lfns = [f"NTUP.closed.{uuid.uuid4().hex[:6]}._{i:06d}.root" for i in range(4)]
+    request_id = await flow.submit(lfns)
+
+    async def working() -> bool:
+        files, _ = await flow.rows(request_id)
+        return any(f.status != FileStatus.PENDING for f in files)
+
+    await eventually(working, timeout=30, message="files assigned")
+    before = await asyncio.to_thread(flow.connections_made)
+    for node in flow.rabbit.nodes:
+        await asyncio.to_thread(
+            flow.rabbit.ctl, node, "close_all_connections", "closed by the cluster test"
+        )
+
+    await flow.wait_ready(request_id, within_s=90)
+
+    await flow.check_exactly_once(request_id, len(lfns))
+    after = await asyncio.to_thread(flow.connections_made)
+    assert all(after[name] > before[name] for name in before), (before, after)
 
 
 async def test_the_node_of_the_queue_leaders_killed_mid_request_loses_nothing(

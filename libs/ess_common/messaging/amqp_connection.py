@@ -40,6 +40,8 @@ if not version("aio-pika").startswith(_WRITTEN_FOR) or _connect_transport is Non
 #: First wait after a failed attempt, and the most it grows to.
 BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 30.0
+#: How long one attempt may take: a node that does not answer at all is given up for the next.
+CONNECT_TIMEOUT_S = 10.0
 
 
 def bus_addresses(url: str) -> list[str]:
@@ -89,5 +91,8 @@ async def connect(url: str) -> AbstractRobustConnection:
     addresses = [URL(a) for a in bus_addresses(url)]
     connection_class = type("BusConnection", (FailoverConnection,), {"addresses": addresses})
     return await aio_pika.connect_robust(
-        str(addresses[0]), connection_class=connection_class, fail_fast=False
+        str(addresses[0]),
+        connection_class=connection_class,
+        fail_fast=False,
+        timeout=CONNECT_TIMEOUT_S,
     )
