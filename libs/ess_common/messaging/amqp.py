@@ -14,6 +14,7 @@ from typing import Any
 
 import aio_pika
 import aiormq.abc
+import aiormq.exceptions
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -51,6 +52,14 @@ log = structlog.get_logger("ess.amqp")
 DELIVERY_LIMIT = 10
 #: How long a publish waits for a lost connection to be made again before it fails.
 PUBLISH_WAIT_S = 60.0
+#: What a publish raises when its connection or channel went away under it (a broker's nack,
+#: `DeliveryError`, is an answer, not a loss: it goes to the caller).
+CONNECTION_LOST = (
+    ConnectionError,  # aiormq's AMQPConnectionError too
+    OSError,
+    aiormq.exceptions.ChannelClosed,
+    aiormq.exceptions.ChannelInvalidStateError,
+)
 
 
 class AmqpBus:
@@ -167,9 +176,7 @@ class AmqpBus:
             try:
                 returned = await target.publish(message, routing_key=routing_key, mandatory=True)
                 break
-            except aio_pika.exceptions.DeliveryError:
-                raise  # refused by the broker (a full queue): the caller's to retry later
-            except aio_pika.exceptions.CONNECTION_EXCEPTIONS as exc:
+            except CONNECTION_LOST as exc:
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
                     raise
