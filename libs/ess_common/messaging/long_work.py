@@ -86,7 +86,14 @@ def held_briefly(bus: Bus, handler: Handler, *, hold_s: float, limit: int) -> Ha
             leased = replace(delivery, headers={**delivery.headers, LEASE_HEADER: lease})
             task = asyncio.create_task(run(leased, lease), name=f"work:{lease}")
             works.running[lease] = task
-        await asyncio.wait({task}, timeout=hold_s)
+        try:
+            await asyncio.wait({task}, timeout=hold_s)
+        except asyncio.CancelledError:
+            # The consumer is stopping: the work stops with it, and its delivery (not
+            # acknowledged) will be given again.
+            task.cancel()
+            works.running.pop(lease, None)
+            raise
         if not task.done():
             await hand_over(delivery, lease)
             log.info("work.handed_over", lease=lease, queue=delivery.queue)
