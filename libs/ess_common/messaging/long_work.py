@@ -62,13 +62,15 @@ def held_briefly(bus: Bus, handler: Handler, *, hold_s: float, limit: int) -> Ha
         }
         await bus.send_to_queue(delivery.queue, delivery.body, headers)
 
-    async def run(delivery: Delivery, lease: str) -> None:
+    async def run(delivery: Delivery) -> None:
         try:
             await handler(delivery)
         finally:
             works.slots.release()
 
     async def handle(delivery: Delivery) -> None:
+        # The whole of this delivery's hold, waiting for a slot included.
+        deadline = asyncio.get_running_loop().time() + hold_s
         given = delivery.headers.get(LEASE_HEADER)
         lease = given.decode() if isinstance(given, bytes) else str(given or "")
         if lease in works.finished:
@@ -84,10 +86,12 @@ def held_briefly(bus: Bus, handler: Handler, *, hold_s: float, limit: int) -> Ha
                 log.info("work.waits_on_queue", lease=lease, queue=delivery.queue)
                 return
             leased = replace(delivery, headers={**delivery.headers, LEASE_HEADER: lease})
-            task = asyncio.create_task(run(leased, lease), name=f"work:{lease}")
+            task = asyncio.create_task(run(leased), name=f"work:{lease}")
             works.running[lease] = task
         try:
-            await asyncio.wait({task}, timeout=hold_s)
+            await asyncio.wait(
+                {task}, timeout=max(0.0, deadline - asyncio.get_running_loop().time())
+            )
         except asyncio.CancelledError:
             # The consumer is stopping: the work stops with it, and its delivery (not
             # acknowledged) will be given again.
