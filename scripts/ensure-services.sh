@@ -181,6 +181,21 @@ ensure_rabbitmq() {
     say rabbitmq "started (127.0.0.1:$AMQP_PORT)"
 }
 
+# The cluster tests (tests/e2e/test_rabbitmq_cluster.py) start three nodes of their own with
+# scripts/rabbitmq-cluster.sh: the server's own scripts (not Debian's wrapper, which would run
+# them as the rabbitmq user with its environment) and the Erlang port mapper the machine's node
+# started.
+check_rabbitmq_cluster() {
+    local bin=${RABBITMQ_SERVER_BIN:-/usr/lib/rabbitmq/bin}
+    [[ -x $bin/rabbitmq-server && -x $bin/rabbitmqctl ]] ||
+        die "no rabbitmq-server scripts in $bin (Debian's rabbitmq-server package)"
+    local epmd
+    epmd=$(command -v epmd || ls /usr/lib/erlang/erts-*/bin/epmd 2>/dev/null | head -n 1 || true)
+    [[ -n $epmd ]] && "$epmd" -names >/dev/null 2>&1 ||
+        die "the Erlang port mapper (epmd) does not answer; the cluster tests need it"
+    say rabbitmq "cluster tests can start nodes ($bin)"
+}
+
 # --- Swift + s3api --------------------------------------------------------------------------
 
 # put_config PATH: writes stdin to PATH, noting in SWIFT_CONFIG_CHANGED whether it differed.
@@ -700,6 +715,7 @@ flock -w "$TIMEOUT" 9 || die "another ensure-services.sh held $STATE_DIR/ensure-
 
 ensure_postgres
 ensure_rabbitmq
+check_rabbitmq_cluster
 ensure_stomp
 ensure_swift
 check_s3

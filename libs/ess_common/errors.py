@@ -65,3 +65,8 @@ class ChecksumMismatch(RetryableError):
 def retry_after(exc: RetryableError | EssError, default: int = 5) -> int:
     """Seconds an HTTP `Retry-After` tells the client to wait after this error."""
     return exc.retry_after_s if isinstance(exc, Busy) else default
+
+
+class Unroutable(RetryableError):
+    """The message broker took a message that no queue is bound for: it was returned to the
+    sender, not kept (until a consumer's queue is bound, e.g. its service has started)."""

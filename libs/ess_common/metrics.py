@@ -84,6 +84,10 @@ QUEUE_MESSAGES = Gauge(
     ["queue"],
     multiprocess_mode="mostrecent",
 )
+AMQP_CONNECT_FAILURES = Counter(
+    "ess_amqp_connect_failures_total",
+    "Attempts to connect to RabbitMQ that failed (each is retried, at the next address)",
+)
 
 # --- the edges ---------------------------------------------------------------------------------
 

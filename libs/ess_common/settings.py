@@ -72,6 +72,15 @@ class EssSettings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_s: float = Field(default=1.0, ge=0.0)
     prefetch: int = Field(default=8, ge=1)
+    #: Deliveries of one message given back unacknowledged (its consumer died holding it)
+    #: before RabbitMQ dead-letters it (the quorum queues' `x-delivery-limit`). Changing it
+    #: on an existing deployment needs the queues re-declared (docs/queues.md).
+    queue_delivery_limit: int = Field(default=10, ge=1)
+    #: Seconds an edge's worker keeps one delivery of long work (a precache, a split) before
+    #: it hands the delivery back to its queue and keeps working (`messaging.long_work`): well
+    #: below RabbitMQ's `consumer_timeout` (30 min by default), after which the server would
+    #: take the delivery back and give the work to someone else.
+    delivery_hold_s: float = Field(default=600.0, gt=0)
     #: Bearer tokens by role (panda, pilot, edge, admin), e.g.
     #: ESS_TOKENS='{"panda": ["..."], "pilot": ["..."]}'. At the head: who may call its API
     #: (none at all: the API is open, the embedded first try); edge tokens also sign the edges'

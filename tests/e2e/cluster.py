@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aio_pika
 import httpx
 from aiohttp import web
 
@@ -160,11 +161,15 @@ class SlowFiles:
         self.delay_s = delay_s
         self.port = free_port()
         self._runner: web.AppRunner | None = None
+        #: GETs asked for, by file name.
+        self.gets: dict[str, int] = {}
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.gets[name] = self.gets.get(name, 0) + 1
         await asyncio.sleep(self.delay_s)
         return web.FileResponse(self.directory / request.match_info["name"])
 
@@ -239,3 +244,19 @@ async def forget(
         await store.client.delete_bucket(Bucket=bucket)
     finally:
         await store.close()
+
+
+async def panda_inbox(amqp_url: str, panda_exchange: str) -> str:
+    """PanDA's side of its exchange: a queue bound to every notice, as PanDA's consumers have
+    one (ESS publishes with `mandatory`: a notice no queue takes is not sent). Its name; the
+    caller deletes it."""
+    inbox = f"{panda_exchange}.inbox"
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            panda_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(inbox, durable=True)
+        await queue.bind(exchange, "#")
+    return inbox

@@ -19,7 +19,7 @@ import httpx
 from ess_cli.demo import request_body
 from ess_cli.sample import SampleFile, make_sample_dataset
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, cluster_env, forget
+from tests.e2e.cluster import Cluster, cluster_env, forget, panda_inbox
 from tests.helpers import S3Settings, eventually, free_port
 
 ADMIN_TOKEN = "admin-token-of-the-operations-tests"
@@ -110,6 +110,7 @@ async def running_deployment(
         **s3_settings.env(bucket),
     )
     workdir.mkdir(parents=True, exist_ok=True)
+    inbox = await panda_inbox(amqp_url, env["ESS_PANDA_EXCHANGE"])
     cluster = Cluster(workdir, env)
     targets: dict[str, list[str]] = {"head": [f"127.0.0.1:{port}"]}
     http = httpx.AsyncClient(
@@ -145,4 +146,5 @@ async def running_deployment(
             *(f"edge.{e}.{kind}" for e in EDGES for kind in ("assigned", "cached", "cancelled")),
         ]
         panda = exchange.replace("ess-ops-", "panda-ops-")
+        await amqp_server.delete([inbox], [])
         await forget(amqp_server, s3_settings, exchange, queues, bucket=bucket, exchanges=(panda,))

@@ -22,7 +22,7 @@ import skhep_testdata
 from tests.common.test_rucio_catalogue import xrootd_rse
 from tests.common.test_stomp import STOMP_URL
 from tests.conftest import AmqpServer, PostgresServer, XRootDServer, empty_and_delete_bucket
-from tests.e2e.cluster import Cluster
+from tests.e2e.cluster import Cluster, panda_inbox
 from tests.grid_https import grid_https
 from tests.helpers import S3Settings, free_port
 from tests.panda_stomp import start as start_panda
@@ -104,6 +104,7 @@ async def test_a_rucio_dataset_asked_over_stomp_reaches_pilot3s_payload(
             **rucio_env(),
             **s3_settings.env(bucket),
         }
+        inbox = await panda_inbox(amqp_url, env["ESS_PANDA_EXCHANGE"])
         cluster = Cluster(tmp_path, env)
         listener = start_panda(
             tmp_path / "panda-listener", "listen", f"/queue/{notices_queue}", "1", "240"
@@ -171,7 +172,7 @@ async def test_a_rucio_dataset_asked_over_stomp_reaches_pilot3s_payload(
                 listener.wait()
             cluster.stop_all()
             await _cleanup(
-                amqp_server, s3_settings, exchange, bucket, requests_queue, notices_queue
+                amqp_server, s3_settings, exchange, bucket, requests_queue, notices_queue, inbox
             )
             shutil.rmtree(served, ignore_errors=True)
 

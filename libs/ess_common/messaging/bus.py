@@ -94,6 +94,10 @@ class Bus(Protocol):
     async def depth(self, queue: str) -> int:
         """Messages waiting in the queue (0 when it does not exist)."""
 
+    async def send_to_queue(self, queue: str, body: bytes, headers: Mapping[str, Any]) -> None:
+        """Put a message straight on a queue (confirmed), past every binding: a delivery handed
+        back to its own queue (`long_work`). Its routing key travels in `x-ess-routing-key`."""
+
     async def consume(
         self,
         queue: str,

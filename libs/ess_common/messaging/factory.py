@@ -20,4 +20,5 @@ def make_bus(settings: EssSettings) -> Bus:
         max_attempts=attempts,
         backoff_s=backoff,
         prefetch=prefetch,
+        delivery_limit=settings.queue_delivery_limit,
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from ess_common.errors import Unroutable
 from ess_common.messaging.bus import (
     ATTEMPT_HEADER,
     QUEUE_HEADER,
@@ -107,6 +108,15 @@ class MemoryBus:
         for q in self._queues.values():
             if any(e == target and p.match(routing_key) for e, p in q.bindings):
                 q.items.put_nowait(Delivery(q.name, key, body, dict(given), attempt))
+
+    async def send_to_queue(self, queue: str, body: bytes, headers: Mapping[str, Any]) -> None:
+        q = self._queues.get(queue)
+        if q is None:
+            raise Unroutable(f"queue {queue!r} does not exist: not sent")
+        given = dict(headers)
+        key = str(given.get(ROUTING_KEY_HEADER) or "")
+        attempt = int(str(given.get(ATTEMPT_HEADER) or 1))
+        q.items.put_nowait(Delivery(queue, key, body, given, attempt))
 
     async def declare(self, queue: str, bindings: Sequence[str]) -> None:
         self._bind(queue, self.exchange, bindings)

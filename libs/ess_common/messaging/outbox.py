@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ess_common import tracing
 from ess_common.db.models import OutboxMessage, utcnow
 from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.errors import Unroutable
 from ess_common.events import Event
 from ess_common.messaging.bus import Bus
 
@@ -63,6 +64,9 @@ class OutboxRelay:
     async def flush(self) -> int:
         """Publish everything not yet published; returns how many were sent."""
         sent = 0
+        # Past the rows of this flush that no queue took: they stay for the next flush, and
+        # do not hold back the rows after them.
+        after = 0
         async with self._lock:
             while True:
                 async with unit_of_work(self.sessions) as session:
@@ -70,21 +74,26 @@ class OutboxRelay:
                     rows = (
                         await session.scalars(
                             select(OutboxMessage)
-                            .where(OutboxMessage.published_at.is_(None))
+                            .where(OutboxMessage.published_at.is_(None), OutboxMessage.id > after)
                             .order_by(OutboxMessage.id)
                             .limit(self.batch)
                             .with_for_update(skip_locked=True)
                         )
                     ).all()
                     for row in rows:
-                        await self.bus.publish(
-                            row.routing_key,
-                            row.body.encode(),
-                            exchange=row.exchange,
-                            headers=row.headers,
-                        )
+                        after = row.id
+                        try:
+                            await self.bus.publish(
+                                row.routing_key,
+                                row.body.encode(),
+                                exchange=row.exchange,
+                                headers=row.headers,
+                            )
+                        except Unroutable as exc:
+                            log.error("outbox.unroutable", outbox_id=row.id, reason=str(exc))
+                            continue
                         row.published_at = utcnow()
-                sent += len(rows)
+                        sent += 1
                 if len(rows) < self.batch:
                     return sent
 

@@ -4,6 +4,8 @@ request it belongs to when that can be told."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,9 +34,29 @@ def _request_id(body: bytes) -> str | None:
     return None
 
 
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+
+
+def _server_reason(headers: Mapping[str, Any]) -> str | None:
+    """The reason RabbitMQ gave when it dead-lettered the message itself (a quorum queue's
+    delivery limit reached: its consumers died holding it each time; or it expired)."""
+    why = _text(headers.get("x-first-death-reason"))
+    if not why:
+        return None
+    if why == "delivery_limit":
+        return "dead-lettered by RabbitMQ: delivered too often without an acknowledgement"
+    return f"dead-lettered by RabbitMQ: {why}"
+
+
 async def record_dead_letter(session: AsyncSession, delivery: Delivery) -> None:
-    reason = str(delivery.headers.get(REASON_HEADER) or "no reason given")
-    queue = str(delivery.headers.get(QUEUE_HEADER) or delivery.routing_key)
+    headers = delivery.headers
+    reason = _text(headers.get(REASON_HEADER)) or _server_reason(headers) or "no reason given"
+    queue = (
+        _text(headers.get(QUEUE_HEADER))
+        or _text(headers.get("x-first-death-queue"))
+        or delivery.routing_key
+    )
     request_id = _request_id(delivery.body)
     request = await session.get(Request, request_id) if request_id else None
     session.add(

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ess_common import metrics
+from ess_common import metrics, readiness
 from ess_common.cache_space import CacheSpace
 from ess_common.errors import (
     EssError,
@@ -64,6 +64,8 @@ class EdgeState:
     objects: ObjectCache
     on_demand: OnDemand
     gate: Gate
+    #: The edge's bus, for `/readyz` (none in a test that serves pilots only).
+    bus: Bus | None = None
 
     @classmethod
     def build(
@@ -88,6 +90,7 @@ class EdgeState:
                 settings, store=store, space=space, objects=objects, bus=bus, http=http
             ),
             gate=Gate(http, settings.head_url, book=TokenBook.from_settings(settings.tokens)),
+            bus=bus,
         )
 
     def _piece_url(self, key: str) -> str:
@@ -187,6 +190,20 @@ def create_edge_app(state: EdgeState) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "edge": state.settings.edge_name}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Whether the bus and the object store answer (an edge has no database)."""
+        probes = {"store": readiness.store_probe(state.store)}
+        if state.bus is not None:
+            probes["bus"] = readiness.bus_probe(state.bus)
+        failed = await readiness.failures(probes)
+        if failed:
+            return JSONResponse(
+                {"status": "unready", "edge": state.settings.edge_name, "failed": failed},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready", "edge": state.settings.edge_name})
 
     async def admitted(authorization: Annotated[str | None, Header()] = None) -> None:
         await state.gate.check(authorization)

@@ -36,6 +36,7 @@ from ess_common.edge_work import CancelledRequests, assigned_queue, cache_path, 
 from ess_common.errors import ChecksumMismatch, EssError, RetryableError
 from ess_common.events import DatasetFile, FileAssigned, FileCached
 from ess_common.messaging.bus import Bus
+from ess_common.messaging.long_work import held_briefly
 from ess_common.settings import EdgeSettings
 from ess_precacher.fetch import fetch
 
@@ -196,16 +197,23 @@ class Precacher:
 
     async def start(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # A multi-GB download may outlast RabbitMQ's consumer_timeout: its delivery is
+        # handed back to the queue every `delivery_hold_s` while it runs.
         await self.bus.consume(
             assigned_queue(self.bus.exchange, self.settings.edge_name),
             [f"file.assigned.{self.settings.edge_name}"],
-            work_handler(
+            held_briefly(
                 self.bus,
-                FileAssigned,
-                "precache",
-                self.settings.max_attempts,
-                self.handle_file_assigned,
-                cancelled=CancelledRequests(self.cache_dir),
+                work_handler(
+                    self.bus,
+                    FileAssigned,
+                    "precache",
+                    self.settings.max_attempts,
+                    self.handle_file_assigned,
+                    cancelled=CancelledRequests(self.cache_dir),
+                ),
+                hold_s=self.settings.delivery_hold_s,
+                limit=self.settings.prefetch,
             ),
         )
 

@@ -28,6 +28,7 @@ from ess_common.edge_work import CancelledRequests, cache_path, cached_queue, wo
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.events import FileCached, RangeInfo, SplitDone
 from ess_common.messaging.bus import Bus
+from ess_common.messaging.long_work import held_briefly
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
 from ess_split.errors import SplitError
@@ -125,18 +126,25 @@ class Splitter:
         return await split_file(source, out_dir, events_per_range, n_events, self.split_options)
 
     async def start(self) -> None:
+        # A slow split may outlast RabbitMQ's consumer_timeout: its delivery is handed back
+        # to the queue every `delivery_hold_s` while it runs.
         await self.bus.consume(
             cached_queue(self.bus.exchange, self.settings.edge_name),
             [f"file.cached.{self.settings.edge_name}"],
-            work_handler(
+            held_briefly(
                 self.bus,
-                FileCached,
-                "split",
-                self.settings.max_attempts,
-                self.handle_file_cached,
-                cancelled=CancelledRequests(self.cache_dir),
-                # The cached input is no longer needed by this work: it may be evicted.
-                dropped=lambda e: unpin(self.cache_dir, e.work.file_id, e.work.attempt),
+                work_handler(
+                    self.bus,
+                    FileCached,
+                    "split",
+                    self.settings.max_attempts,
+                    self.handle_file_cached,
+                    cancelled=CancelledRequests(self.cache_dir),
+                    # The cached input is no longer needed by this work: it may be evicted.
+                    dropped=lambda e: unpin(self.cache_dir, e.work.file_id, e.work.attempt),
+                ),
+                hold_s=self.settings.delivery_hold_s,
+                limit=self.workers,
             ),
             # One more file per slot: it is split while the previous one uploads.
             prefetch=2 * self.workers,
