@@ -329,6 +329,8 @@ def same(got: Any, expected: Any) -> bool:
     return bool(ak.array_equal(got, expected, equal_nan=True, dtype_exact=True))
 
 
+# The largest files take a minute on an idle machine; a loaded one may need several.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("source", FILES, ids=[path.name for path in FILES])
 def test_corpus_file(source: Path, corpus_judge: RootJudge, tmp_path: Path) -> None:
     assert COFFEA, "ESS_TEST_COFFEA_SAMPLES must name coffea's samples (scripts/test.sh)"
