@@ -40,7 +40,8 @@ MAX_EVENT = 2**31 - 1
 MAX_SIZE = 2**63 - 1
 
 #: Rucio's scope and name alphabet: no slashes, no "..", nothing that escapes a key prefix.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+#: Matched whole (`fullmatch`): a `$` would let a final newline through.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 
 
 _NAME_WORD = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}"
@@ -54,8 +55,8 @@ def _documented(pattern: str) -> JsonDict:
 
 
 def _check_name(value: str, what: str) -> str:
-    if not _NAME.match(value) or ".." in value:
-        raise ValueError(f"{what} {value!r} must match {_NAME.pattern} without '..'")
+    if not _NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} must match ^{_NAME.pattern}$ without '..'")
     return value
 
 
@@ -66,8 +67,10 @@ def utcnow() -> datetime:
 def _supported_version(value: object) -> object:
     # Before the literal check, so that the refusal names the version and what is supported
     # instead of pydantic's "Input should be 1".
+    if isinstance(value, bool):
+        raise ValueError("schema_version must be an integer, not a boolean")
     known = value in SUPPORTED_SCHEMA_VERSIONS
-    if isinstance(value, int) and not isinstance(value, bool) and not known:
+    if isinstance(value, int) and not known:
         supported = ", ".join(map(str, SUPPORTED_SCHEMA_VERSIONS))
         raise ValueError(f"unsupported schema_version {value}; supported: {supported}")
     return value
@@ -114,8 +117,14 @@ class Event(Contract):
         return str(getattr(self, "event_type"))  # noqa: B009 - every subclass defines it
 
 
+#: What PanDA sends is taken as its JSON types say: "12" or true is no event count.
+_STRICT = ConfigDict(strict=True)
+
+
 class Replica(Contract):
     """Where data management says a copy of the file sits, for placing work near it."""
+
+    model_config = _STRICT
 
     site: str
     region: str = ""
@@ -128,6 +137,8 @@ class Replica(Contract):
 
 class DatasetFile(Contract):
     """One input file of a dataset, as data management describes it."""
+
+    model_config = _STRICT
 
     scope: str = Field(json_schema_extra=_documented(f"^{_NAME_WORD}$"))
     lfn: str = Field(json_schema_extra=_documented(f"^{_NAME_WORD}$"))
@@ -173,6 +184,8 @@ class DatasetFile(Contract):
 class Notify(Contract):
     """How PanDA wants to hear that the request is ready."""
 
+    model_config = _STRICT
+
     #: Publish `request.ready` on the PanDA-facing exchange.
     message: bool = True
     #: POST the outcome here, with retries, once.
@@ -209,7 +222,7 @@ _EXAMPLE_SPEC: JsonDict = {
 class RequestSpec(Contract):
     """What PanDA asks for: a dataset prepared at a granularity."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_SPEC]})
+    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [_EXAMPLE_SPEC]})
 
     #: Not part of what identifies the request (left out of its digest and of dumps): the
     #: version is that of the message carrying it.

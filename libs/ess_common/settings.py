@@ -103,6 +103,9 @@ class EssSettings(BaseSettings):
     #: placing work near the data; an RSE not named here has the site of its `site` attribute
     #: (else its own name) and the region of its `region` attribute.
     rucio_rse_sites: dict[str, str] = {}
+    #: The largest request body the HTTP servers (head and edges) read; a larger one is
+    #: refused with 413 naming this limit. 64 MiB holds a request of tens of thousands of files.
+    max_body_bytes: int = Field(default=64 * 1024**2, ge=1024)
 
     @model_validator(mode="after")
     def _rucio_credentials(self) -> EssSettings:
@@ -219,6 +222,11 @@ class HeadSettings(EssSettings):
     #: one lasts at most (the client reconnects).
     events_poll_interval_s: float = Field(default=1.0, gt=0)
     events_max_s: float = Field(default=300.0, gt=0)
+    #: The most files one request may list, and sources and replicas one file may list; past
+    #: them `POST /v1/requests` answers 413 naming the limit.
+    max_request_files: int = Field(default=50_000, ge=1)
+    max_file_sources: int = Field(default=64, ge=1)
+    max_file_replicas: int = Field(default=64, ge=1)
 
     @field_validator("panda_routing_keys")
     @classmethod

@@ -32,6 +32,7 @@ from ess_common.errors import (
     EssError,
 )
 from ess_common.events import MAX_EVENT
+from ess_common.http_input import guard
 from ess_common.messaging.bus import Bus
 from ess_common.ranges import (
     BatchLookup,
@@ -179,6 +180,7 @@ class RangeFileResponse(FileResponse):
 def create_edge_app(state: EdgeState) -> FastAPI:
     app = FastAPI(title="ESS edge", summary="Event-range lookups and range files near the pilots")
     app.state.edge = state
+    guard(app, state.settings.max_body_bytes)
 
     @app.exception_handler(EssError)
     async def ess_error(_: Request, exc: EssError) -> JSONResponse:

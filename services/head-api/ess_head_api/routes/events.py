@@ -125,6 +125,30 @@ async def follow(
 
 
 _HISTORY = TypeAdapter(list[RequestEventView])
+#: The frames `follow` sends, as lines: the stream's text matches this whole.
+STREAM_PATTERN = (
+    r"^((retry: [0-9]+|event: (status|ready|failed|cancelled|gone)|id: [0-9]+|data: [^\n]*"
+    r"|: keep-alive)?\n)*$"
+)
+STREAM_SCHEMA = {
+    "type": "string",
+    "pattern": STREAM_PATTERN,
+    "description": "Server-Sent Events: a `retry` hint, then frames of `event:` (status, "
+    "ready, failed, cancelled or gone), `id:` (increasing) and `data:`; the data of status, "
+    "ready, failed and cancelled is a RequestView without `files`, that of gone "
+    '`{"id": ..., "detail": ...}`; comment lines keep the connection open',
+    "x-frame-data": {
+        "status": {"$ref": "#/components/schemas/RequestView"},
+        "ready": {"$ref": "#/components/schemas/RequestView"},
+        "failed": {"$ref": "#/components/schemas/RequestView"},
+        "cancelled": {"$ref": "#/components/schemas/RequestView"},
+        "gone": {
+            "type": "object",
+            "properties": {"id": {"type": "string"}, "detail": {"type": "string"}},
+            "required": ["id", "detail"],
+        },
+    },
+}
 
 
 def wants_history(accept: str | None) -> bool:
@@ -143,7 +167,7 @@ def wants_history(accept: str | None) -> bool:
             "first); else a stream of `status` frames ending with `ready`, `failed`, "
             "`cancelled` or `gone`",
             "content": {
-                "text/event-stream": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": STREAM_SCHEMA},
                 "application/json": {
                     "schema": {
                         "type": "array",

@@ -43,18 +43,26 @@ async def lookup_range(
     request: Request,
     scope: str,
     lfn: Annotated[str, Query(alias="LFN")],
-    # Not bounded here: `find_pieces` refuses what breaks the convention with a reason that
-    # names it, for this route and the batch one alike.
+    # The lower bound is stated in the document, not checked here: `find_pieces` refuses what
+    # breaks the convention (startEvent > lastEvent too, which no schema can say) with a
+    # reason and code that name it, as the plain path and the batch route do.
     start_event: Annotated[
         int,
         Query(
-            alias="startEvent", le=MAX_EVENT, description="1-based position in the original file"
+            alias="startEvent",
+            le=MAX_EVENT,
+            json_schema_extra={"minimum": 1},
+            description="1-based position in the original file; 1 <= startEvent <= lastEvent",
         ),
     ],
     last_event: Annotated[
         int,
         Query(
-            alias="lastEvent", le=MAX_EVENT, description="1-based, inclusive, in the original file"
+            alias="lastEvent",
+            le=MAX_EVENT,
+            json_schema_extra={"minimum": 1},
+            description="1-based, inclusive, in the original file; 1 <= startEvent <= lastEvent "
+            "(else 422, code bad_range)",
         ),
     ],
     # Where the pilot runs: each piece then also names the closest live edge (`edge_url`).
