@@ -205,3 +205,46 @@ async def test_the_event_stream_matches_its_documented_schema(
     assert data
     for line in data:
         RequestView.model_validate_json(line)
+
+
+async def test_limits_answer_413_naming_the_limit(sessions: SessionMaker, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
+    await store.start()
+    limits = {
+        "max_body_bytes": 64 * 1024,
+        "max_request_files": 3,
+        "max_file_sources": 2,
+        "max_file_replicas": 2,
+    }
+    async with running_head(sessions, store, **limits) as head:
+        lfns = [f"EVNT.{i:02d}.pool.root.1" for i in range(1, 5)]
+        cases = {
+            "ESS_MAX_REQUEST_FILES": request_body("many-files", *lfns),
+            "ESS_MAX_FILE_SOURCES": request_body(
+                "many-sources",
+                files=[file_entry(lfns[0], sources=[f"https://s{i}.org/f" for i in range(3)])],
+            ),
+            "ESS_MAX_FILE_REPLICAS": request_body(
+                "many-replicas",
+                files=[file_entry(lfns[0], replicas=[{"site": f"S{i}"} for i in range(3)])],
+            ),
+            "ESS_MAX_BODY_BYTES": request_body("huge"),
+        }
+        cases["ESS_MAX_BODY_BYTES"]["files"][0]["guid"] = "g" * 70_000
+        for limit, body in cases.items():
+            response = await head.client.post("/v1/requests", json=body)
+            assert response.status_code == 413, (limit, response.text)
+            assert limit in response.json()["detail"]
+        at_the_limits = request_body(
+            "at-limits",
+            files=[
+                file_entry(
+                    lfn,
+                    sources=[f"https://s{i}.org/{lfn}" for i in range(2)],
+                    replicas=[{"site": f"S{i}"} for i in range(2)],
+                )
+                for lfn in lfns[:3]
+            ],
+        )
+        taken = await head.client.post("/v1/requests", json=at_the_limits)
+        assert taken.status_code == 201, taken.text

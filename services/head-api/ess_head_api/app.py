@@ -93,6 +93,9 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
                 )
             if "requestBody" in operation:
                 responses.setdefault("400", {"description": "the body is not JSON"})
+                responses.setdefault(
+                    "413", {"description": "the body is larger than ESS_MAX_BODY_BYTES"}
+                )
             if "{" in path:
                 # Every path parameter names something recorded: it may not exist.
                 responses.setdefault("404", {"description": "nothing of this name is known"})
