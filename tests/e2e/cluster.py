@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from aiohttp import web
 
-from tests.helpers import S3Settings, eventually, free_port
+from tests.helpers import S3Settings, eventually, free_port, local_servers_allowed
 
 if TYPE_CHECKING:
     from tests.conftest import AmqpServer
@@ -41,6 +41,8 @@ def cluster_env(
         "ESS_LOG_FORMAT": "json",
         "ESS_SWEEP_INTERVAL_S": "0.3",
         "ESS_HEARTBEAT_INTERVAL_S": "0.5",
+        # The tests' servers and files are on this machine: the URL policy must allow them.
+        **local_servers_allowed(),
         **settings,
     }
 

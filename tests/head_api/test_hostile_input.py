@@ -248,3 +248,41 @@ async def test_limits_answer_413_naming_the_limit(sessions: SessionMaker, tmp_pa
         )
         taken = await head.client.post("/v1/requests", json=at_the_limits)
         assert taken.status_code == 201, taken.text
+
+
+@pytest.mark.parametrize(
+    ("where", "url", "reason"),
+    [
+        ("source", "file:///etc/passwd", "ESS_SOURCE_FILE_ROOTS"),
+        ("source", "http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("source", "http://[::1]/f", "loopback"),
+        ("source", "http://127.0.0.1:8080/f", "loopback"),
+        ("source", "davs://[::ffff:127.0.0.1]/f", "loopback"),
+        ("source", "https://user:pass@storage.example.org/f", "credentials"),
+        ("callback", "http://127.0.0.1:1/ssrf", "ESS_CALLBACK_NETWORKS"),
+        ("callback", "http://localhost:15672/api/definitions", "loopback"),
+        ("callback", "https://panda:secret@panda.example.org/cb", "credentials"),
+    ],
+)
+async def test_sources_and_callbacks_the_policy_refuses_are_a_422(
+    sessions: SessionMaker, tmp_path: Path, where: str, url: str, reason: str
+) -> None:
+    store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
+    await store.start()
+    # The defaults, whatever the tests' own servers need.
+    strict: dict[str, list[str]] = {
+        "source_networks": [],
+        "callback_networks": [],
+        "source_file_roots": [],
+    }
+    async with running_head(sessions, store, **strict) as head:
+        if where == "source":
+            body = request_body("policy", files=[file_entry("EVNT.01.pool.root.1", sources=[url])])
+        else:
+            body = request_body("policy", notify={"callback_url": url})
+        response = await head.client.post("/v1/requests", json=body)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert reason in detail and "pass@" not in detail and "secret" not in detail
+        allowed = await head.client.post("/v1/requests", json=request_body("policy-ok"))
+        assert allowed.status_code == 201, allowed.text

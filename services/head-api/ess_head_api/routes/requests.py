@@ -16,6 +16,7 @@ from ess_common.events import RequestCreated, RequestSpec
 from ess_common.messaging.handlers import flush_quietly
 from ess_common.messaging.outbox import add_event
 from ess_common.settings import HeadSettings
+from ess_common.source_urls import as_read
 from ess_head_api import lifecycle
 from ess_head_api.auth import READERS, Role, require
 from ess_head_api.schemas import (
@@ -63,6 +64,17 @@ def check_limits(spec: RequestSpec, settings: HeadSettings) -> None:
                 )
 
 
+def check_urls(spec: RequestSpec, settings: HeadSettings) -> None:
+    """Refuse sources and a callback the URL policy refuses (`ess_common.url_policy`): 422
+    with the reason."""
+    sources = settings.source_policy
+    for f in spec.files:
+        for url in f.sources:
+            sources.check(as_read(url))
+    if spec.notify.callback_url is not None:
+        settings.callback_policy.check(spec.notify.callback_url)
+
+
 @router.post(
     "/requests",
     response_model=RequestView,
@@ -81,6 +93,7 @@ async def create_request(spec: RequestSpec, state: State, response: Response) ->
     one with a file without an event count is recorded failed with the reason (and PanDA told);
     Rucio unreachable is a 503."""
     check_limits(spec, state.settings)
+    check_urls(spec, state.settings)
     async with unit_of_work(state.sessions) as session:
         request, created = await record_request(session, spec, catalogue=state.catalogue, via="api")
         if created:
