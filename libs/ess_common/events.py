@@ -121,6 +121,18 @@ class Event(Contract):
 _STRICT = ConfigDict(strict=True)
 
 
+def _json_integer(value: object) -> object:
+    # JSON (and JSON Schema's "integer") has no integers apart from numbers: 12.0 is 12 there,
+    # while strict validation would refuse it. Text, booleans and fractions stay refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer as JSON writes it (12 or 12.0), in a strict model.
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
 class Replica(Contract):
     """Where data management says a copy of the file sits, for placing work near it."""
 
@@ -143,8 +155,8 @@ class DatasetFile(Contract):
     scope: str = Field(json_schema_extra=_documented(f"^{_NAME_WORD}$"))
     lfn: str = Field(json_schema_extra=_documented(f"^{_NAME_WORD}$"))
     guid: str = Field(default="", max_length=64)
-    n_events: int = Field(gt=0, le=MAX_EVENT)
-    size: int = Field(gt=0, le=MAX_SIZE)
+    n_events: JsonInt = Field(gt=0, le=MAX_EVENT)
+    size: JsonInt = Field(gt=0, le=MAX_SIZE)
     adler32: str = Field(json_schema_extra=_documented(_ADLER32))
     #: Where the file can be read: file://, http(s)://, dav(s):// (WebDAV), s3://bucket/key,
     #: root://.
@@ -237,8 +249,8 @@ class RequestSpec(Contract):
     )
     #: The JEDI task id or any key: a resubmission with the same key is the same request.
     idempotency_key: str = Field(min_length=1, max_length=200)
-    events_per_range: int = Field(gt=0, le=10_000_000)
-    priority: int = Field(default=0, ge=-1000, le=1000)
+    events_per_range: JsonInt = Field(gt=0, le=10_000_000)
+    priority: JsonInt = Field(default=0, ge=-1000, le=1000)
     notify: Notify = Notify()
     files: list[DatasetFile] = Field(
         default=[],

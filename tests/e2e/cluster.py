@@ -41,8 +41,6 @@ def cluster_env(
         "ESS_LOG_FORMAT": "json",
         "ESS_SWEEP_INTERVAL_S": "0.3",
         "ESS_HEARTBEAT_INTERVAL_S": "0.5",
-        # The tests' servers and files are on this machine: the URL policy must allow them.
-        **local_servers_allowed(),
         **settings,
     }
 
@@ -72,7 +70,9 @@ class Cluster:
         with log.open("wb") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
                 [sys.executable, "-m", module],
-                env={**self.env, **extra},
+                # The tests' servers and files are on this machine: the URL policy must allow
+                # them (a test's own settings come after, to refuse them again).
+                env={**local_servers_allowed(), **self.env, **extra},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -125,28 +125,29 @@ async def follow(
 
 
 _HISTORY = TypeAdapter(list[RequestEventView])
-#: The frames `follow` sends, as lines: the stream's text matches this whole.
-STREAM_PATTERN = (
-    r"^((retry: [0-9]+|event: (status|ready|failed|cancelled|gone)|id: [0-9]+|data: [^\n]*"
-    r"|: keep-alive)?\n)*$"
-)
-STREAM_SCHEMA = {
-    "type": "string",
-    "pattern": STREAM_PATTERN,
-    "description": "Server-Sent Events: a `retry` hint, then frames of `event:` (status, "
-    "ready, failed, cancelled or gone), `id:` (increasing) and `data:`; the data of status, "
-    "ready, failed and cancelled is a RequestView without `files`, that of gone "
-    '`{"id": ..., "detail": ...}`; comment lines keep the connection open',
-    "x-frame-data": {
-        "status": {"$ref": "#/components/schemas/RequestView"},
-        "ready": {"$ref": "#/components/schemas/RequestView"},
-        "failed": {"$ref": "#/components/schemas/RequestView"},
-        "cancelled": {"$ref": "#/components/schemas/RequestView"},
-        "gone": {
-            "type": "object",
-            "properties": {"id": {"type": "string"}, "detail": {"type": "string"}},
-            "required": ["id", "detail"],
-        },
+#: One event of the stream, as OpenAPI 3.1 describes the events of `text/event-stream` (3.2
+#: calls it `itemSchema`): its name, its `id`, and its `data`, the JSON of a RequestView without
+#: `files` (status, ready, failed, cancelled) or of what is gone.
+GONE_SCHEMA = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "detail": {"type": "string"}},
+    "required": ["id", "detail"],
+}
+EVENT_SCHEMA = {
+    "type": "object",
+    "description": "one Server-Sent Event: a `status` frame per change, then `ready`, "
+    "`failed`, `cancelled` or `gone`; the stream also sends a `retry` hint and keep-alive "
+    "comments",
+    "properties": {
+        "event": {"enum": ["status", *_LAST.values(), "gone"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "if": {"properties": {"event": {"const": "gone"}}, "required": ["event"]},
+    "then": {"properties": {"data": {"contentSchema": GONE_SCHEMA}}},
+    "else": {
+        "properties": {"data": {"contentSchema": {"$ref": "#/components/schemas/RequestView"}}}
     },
 }
 
@@ -167,7 +168,7 @@ def wants_history(accept: str | None) -> bool:
             "first); else a stream of `status` frames ending with `ready`, `failed`, "
             "`cancelled` or `gone`",
             "content": {
-                "text/event-stream": {"schema": STREAM_SCHEMA},
+                "text/event-stream": {"schema": EVENT_SCHEMA},
                 "application/json": {
                     "schema": {
                         "type": "array",
