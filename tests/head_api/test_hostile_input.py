@@ -238,7 +238,11 @@ async def test_limits_answer_413_naming_the_limit(sessions: SessionMaker, tmp_pa
             "ESS_MAX_BODY_BYTES": request_body("huge"),
         }
         cases["ESS_MAX_BODY_BYTES"]["files"][0]["guid"] = "g" * 70_000
-        for limit, body in cases.items():
+        replica = {"site": "S", "sources": [f"https://s{i}.org/f" for i in range(3)]}
+        many_in_a_replica = request_body(
+            "many-replica-sources", files=[file_entry(lfns[0], replicas=[replica])]
+        )
+        for limit, body in [*cases.items(), ("ESS_MAX_FILE_SOURCES", many_in_a_replica)]:
             response = await head.client.post("/v1/requests", json=body)
             assert response.status_code == 413, (limit, response.text)
             assert limit in response.json()["detail"]

@@ -54,9 +54,16 @@ def check_limits(spec: RequestSpec, settings: HeadSettings) -> None:
             f"({settings.max_request_files})"
         )
     for f in spec.files:
+        replica_sources = max((len(r.sources) for r in f.replicas), default=0)
         for what, count, limit, name in (
             ("sources", len(f.sources), settings.max_file_sources, "ESS_MAX_FILE_SOURCES"),
             ("replicas", len(f.replicas), settings.max_file_replicas, "ESS_MAX_FILE_REPLICAS"),
+            (
+                "sources in a replica",
+                replica_sources,
+                settings.max_file_sources,
+                "ESS_MAX_FILE_SOURCES",
+            ),
         ):
             if count > limit:
                 raise TooLarge(
