@@ -36,7 +36,9 @@ class BodyTooLarge(Exception):
 def sendable(value: Any) -> Any:
     """`value` with every text made encodable as UTF-8 (lone surrogates become U+FFFD)."""
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8") if _unencodable(value) else value
+        if not _unencodable(value):
+            return value
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     if isinstance(value, dict):
         return {sendable(k): sendable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -57,8 +59,8 @@ def _has_lone_surrogate(body: bytes) -> bool:
         return False
     try:
         parsed = json.loads(body)
-    except ValueError:
-        return False  # not JSON: the route's parser refuses it with its own reason
+    except (ValueError, RecursionError):
+        return False  # not JSON (or nested past parsing): the route's parser refuses it
     try:
         json.dumps(parsed, ensure_ascii=False).encode()
     except UnicodeEncodeError:

@@ -84,6 +84,14 @@ async def test_a_lone_surrogate_in_a_query_or_batch_lookup_is_a_4xx(head: Head) 
     assert answer.status_code == 422, answer.text
 
 
+async def test_json_nested_past_parsing_is_a_400(head: Head) -> None:
+    for content in (b"[" * 100_000 + b"]" * 100_000, b"[" * 100_000 + b'"\\u0041"'):
+        response = await head.client.post(
+            "/v1/requests", content=content, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+
+
 @pytest.mark.parametrize("field", ["scope", "lfn", "dataset"])
 async def test_names_ending_in_a_newline_are_refused(head: Head, field: str) -> None:
     body = request_body("newline")
