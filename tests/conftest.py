@@ -39,6 +39,12 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
+from tests.helpers import local_servers_allowed  # noqa: E402 - needs the root on sys.path
+
+# Every process the tests start may reach the tests' own servers on this machine: the URL
+# policy refuses loopback addresses and file:// outside named folders by default.
+os.environ.update(local_servers_allowed())
+
 from ess_common.db.migrate import upgrade  # noqa: E402
 from ess_common.db.session import SessionMaker, make_engine, make_session_maker  # noqa: E402
 from ess_common.messaging.amqp import AmqpBus  # noqa: E402

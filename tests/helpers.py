@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -116,3 +118,17 @@ class S3Settings:
             "ESS_S3_SECRET_KEY": self.secret_key,
             "ESS_S3_REGION": self.region,
         }
+
+
+def local_servers_allowed() -> dict[str, str]:
+    """The `ESS_*` variables that let sources and callbacks reach what the tests run on this
+    machine (S3, XRootD, HTTP storage and callback receivers on 127.0.0.1, files under the
+    temporary folder and the samples), which the URL policy refuses by default."""
+    roots = [tempfile.gettempdir()]
+    if samples := os.environ.get("ESS_TEST_COFFEA_SAMPLES"):
+        roots.append(samples)
+    return {
+        "ESS_SOURCE_NETWORKS": "127.0.0.0/8,::1/128",
+        "ESS_CALLBACK_NETWORKS": "127.0.0.0/8,::1/128",
+        "ESS_SOURCE_FILE_ROOTS": ",".join(roots),
+    }

@@ -86,7 +86,10 @@ async def run_demo(workdir: Path, events_per_range: int, edges: int, fresh: bool
     say(f"ESS demo in {workdir} (embedded: SQLite, in-process bus, local object store)")
     files = make_sample_dataset(workdir / "dataset")
     say(f"dataset: {len(files)} ROOT files, {sum(f.n_events for f in files)} events")
-    head, edge_settings = embedded_settings(workdir, free_port(), edges)
+    # The demo's sources are the sample files it made: their folder is the one file:// root.
+    head, edge_settings = embedded_settings(
+        workdir, free_port(), edges, source_file_roots=[workdir / "dataset"]
+    )
     async with Embedded(head, edge_settings) as ess, httpx.AsyncClient(timeout=30) as client:
         say(f"head API on {ess.url} with {edges} edges; docs at {ess.url}/docs")
         response = await client.post(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from ess_common.db.session import make_engine, make_session_maker
 from ess_common.messaging.memory import MemoryBus
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.rucio import make_catalogue
-from ess_common.settings import EdgeSettings, HeadSettings
+from ess_common.settings import EdgeSettings, EssSettings, HeadSettings
 from ess_common.store.factory import make_store
 from ess_edge.server import EdgeState, create_edge_app, make_server
 from ess_edge.service import Edge
@@ -41,16 +42,21 @@ def free_port() -> int:
 
 
 def embedded_settings(
-    workdir: Path, port: int, edges: int = 2
+    workdir: Path, port: int, edges: int = 2, source_file_roots: Sequence[Path] = ()
 ) -> tuple[HeadSettings, list[EdgeSettings]]:
+    """Settings of the embedded head and its edges in `workdir`. `source_file_roots` are
+    folders `file://` sources may be read from, besides `ESS_SOURCE_FILE_ROOTS`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    common = {
+    common: dict[str, object] = {
         "database_url": f"sqlite+aiosqlite:///{workdir / 'ess.db'}",
         "bus_url": "memory://",
         "store_url": f"file://{workdir / 'objects'}",
         "head_url": f"http://127.0.0.1:{port}",
         "retry_backoff_s": 0.2,
     }
+    if source_file_roots:
+        named = EssSettings().source_file_roots
+        common["source_file_roots"] = [*named, *(p.resolve() for p in source_file_roots)]
     # Built from values, not the environment: the embedded mode is self-contained.
     head = HeadSettings.model_validate({**common, "api_port": port, "sweep_interval_s": 0.5})
     edge_list = [

@@ -48,6 +48,10 @@ class Forbidden(PermanentError):
     """Valid credentials that do not allow this (or a signature that does not match)."""
 
 
+class TooLarge(PermanentError):
+    """The input is past a configured limit (named in the reason)."""
+
+
 class Conflict(PermanentError):
     """The request contradicts what is already recorded."""
 

@@ -40,7 +40,8 @@ MAX_EVENT = 2**31 - 1
 MAX_SIZE = 2**63 - 1
 
 #: Rucio's scope and name alphabet: no slashes, no "..", nothing that escapes a key prefix.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+#: Matched whole (`fullmatch`): a `$` would let a final newline through.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 
 
 _NAME_WORD = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}"
@@ -54,8 +55,8 @@ def _documented(pattern: str) -> JsonDict:
 
 
 def _check_name(value: str, what: str) -> str:
-    if not _NAME.match(value) or ".." in value:
-        raise ValueError(f"{what} {value!r} must match {_NAME.pattern} without '..'")
+    if not _NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} must match ^{_NAME.pattern}$ without '..'")
     return value
 
 
@@ -66,8 +67,10 @@ def utcnow() -> datetime:
 def _supported_version(value: object) -> object:
     # Before the literal check, so that the refusal names the version and what is supported
     # instead of pydantic's "Input should be 1".
+    if isinstance(value, bool):
+        raise ValueError("schema_version must be an integer, not a boolean")
     known = value in SUPPORTED_SCHEMA_VERSIONS
-    if isinstance(value, int) and not isinstance(value, bool) and not known:
+    if isinstance(value, int) and not known:
         supported = ", ".join(map(str, SUPPORTED_SCHEMA_VERSIONS))
         raise ValueError(f"unsupported schema_version {value}; supported: {supported}")
     return value
@@ -114,8 +117,26 @@ class Event(Contract):
         return str(getattr(self, "event_type"))  # noqa: B009 - every subclass defines it
 
 
+#: What PanDA sends is taken as its JSON types say: "12" or true is no event count.
+_STRICT = ConfigDict(strict=True)
+
+
+def _json_integer(value: object) -> object:
+    # JSON (and JSON Schema's "integer") has no integers apart from numbers: 12.0 is 12 there,
+    # while strict validation would refuse it. Text, booleans and fractions stay refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer as JSON writes it (12 or 12.0), in a strict model.
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
 class Replica(Contract):
     """Where data management says a copy of the file sits, for placing work near it."""
+
+    model_config = _STRICT
 
     site: str
     region: str = ""
@@ -129,11 +150,13 @@ class Replica(Contract):
 class DatasetFile(Contract):
     """One input file of a dataset, as data management describes it."""
 
+    model_config = _STRICT
+
     scope: str = Field(json_schema_extra=_documented(f"^{_NAME_WORD}$"))
     lfn: str = Field(json_schema_extra=_documented(f"^{_NAME_WORD}$"))
     guid: str = Field(default="", max_length=64)
-    n_events: int = Field(gt=0, le=MAX_EVENT)
-    size: int = Field(gt=0, le=MAX_SIZE)
+    n_events: JsonInt = Field(gt=0, le=MAX_EVENT)
+    size: JsonInt = Field(gt=0, le=MAX_SIZE)
     adler32: str = Field(json_schema_extra=_documented(_ADLER32))
     #: Where the file can be read: file://, http(s)://, dav(s):// (WebDAV), s3://bucket/key,
     #: root://.
@@ -173,6 +196,8 @@ class DatasetFile(Contract):
 class Notify(Contract):
     """How PanDA wants to hear that the request is ready."""
 
+    model_config = _STRICT
+
     #: Publish `request.ready` on the PanDA-facing exchange.
     message: bool = True
     #: POST the outcome here, with retries, once.
@@ -209,7 +234,7 @@ _EXAMPLE_SPEC: JsonDict = {
 class RequestSpec(Contract):
     """What PanDA asks for: a dataset prepared at a granularity."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_SPEC]})
+    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [_EXAMPLE_SPEC]})
 
     #: Not part of what identifies the request (left out of its digest and of dumps): the
     #: version is that of the message carrying it.
@@ -224,8 +249,8 @@ class RequestSpec(Contract):
     )
     #: The JEDI task id or any key: a resubmission with the same key is the same request.
     idempotency_key: str = Field(min_length=1, max_length=200)
-    events_per_range: int = Field(gt=0, le=10_000_000)
-    priority: int = Field(default=0, ge=-1000, le=1000)
+    events_per_range: JsonInt = Field(gt=0, le=10_000_000)
+    priority: JsonInt = Field(default=0, ge=-1000, le=1000)
     notify: Notify = Notify()
     files: list[DatasetFile] = Field(
         default=[],

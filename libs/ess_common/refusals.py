@@ -13,12 +13,14 @@ from ess_common.errors import (
     NotFound,
     PermanentError,
     RetryableError,
+    TooLarge,
     Unauthorized,
     retry_after,
 )
 from ess_common.ranges import RangeFailure
 
 _STATUS: list[tuple[type[EssError], int]] = [
+    (TooLarge, 413),
     (NotFound, 404),
     (Conflict, 409),
     (Unauthorized, 401),

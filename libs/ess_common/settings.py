@@ -6,18 +6,20 @@ setting stops the process at start with a readable message.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shlex
 import socket
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ess_common.source_access import SourceAccess
+from ess_common.url_policy import UrlPolicy, parse_networks
 
 _BUS_SCHEMES = ("amqp://", "amqps://", "memory://")
 _STORE_SCHEMES = ("s3://", "file://")
@@ -115,6 +117,47 @@ class EssSettings(BaseSettings):
     #: placing work near the data; an RSE not named here has the site of its `site` attribute
     #: (else its own name) and the region of its `region` attribute.
     rucio_rse_sites: dict[str, str] = {}
+    #: The largest request body the HTTP servers (head and edges) read; a larger one is
+    #: refused with 413 naming this limit. 64 MiB holds a request of tens of thousands of files.
+    max_body_bytes: int = Field(default=64 * 1024**2, ge=1024)
+    #: Folders `file://` sources may be read from, separated by commas (e.g. a site's shared
+    #: file system, the demo's samples); none refuses every `file://` source.
+    source_file_roots: Annotated[list[Path], NoDecode] = []
+    #: CIDR blocks sources (`ESS_SOURCE_NETWORKS`) and callbacks (`ESS_CALLBACK_NETWORKS`)
+    #: may reach although they are loopback, link-local or cloud metadata addresses, which
+    #: are refused otherwise (`ess_common.url_policy`), separated by commas.
+    source_networks: Annotated[list[IPvAnyNetwork], NoDecode] = []
+    callback_networks: Annotated[list[IPvAnyNetwork], NoDecode] = []
+
+    @field_validator("source_file_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("source_file_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        relative = [str(root) for root in value if not root.is_absolute()]
+        if relative:
+            raise ValueError(f"ESS_SOURCE_FILE_ROOTS must be absolute paths: {relative}")
+        return [Path(os.path.normpath(root)) for root in value]
+
+    @field_validator("source_networks", "callback_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        return parse_networks(value)
+
+    @property
+    def source_policy(self) -> UrlPolicy:
+        return UrlPolicy.of(
+            "source", self.source_networks, "ESS_SOURCE_NETWORKS", self.source_file_roots
+        )
+
+    @property
+    def callback_policy(self) -> UrlPolicy:
+        return UrlPolicy.of("callback", self.callback_networks, "ESS_CALLBACK_NETWORKS")
 
     @model_validator(mode="after")
     def _rucio_credentials(self) -> EssSettings:
@@ -231,6 +274,11 @@ class HeadSettings(EssSettings):
     #: one lasts at most (the client reconnects).
     events_poll_interval_s: float = Field(default=1.0, gt=0)
     events_max_s: float = Field(default=300.0, gt=0)
+    #: The most files one request may list, and sources and replicas one file may list; past
+    #: them `POST /v1/requests` answers 413 naming the limit.
+    max_request_files: int = Field(default=50_000, ge=1)
+    max_file_sources: int = Field(default=64, ge=1)
+    max_file_replicas: int = Field(default=64, ge=1)
 
     @field_validator("panda_routing_keys")
     @classmethod

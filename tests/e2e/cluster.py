@@ -21,7 +21,7 @@ import aio_pika
 import httpx
 from aiohttp import web
 
-from tests.helpers import S3Settings, eventually, free_port
+from tests.helpers import S3Settings, eventually, free_port, local_servers_allowed
 
 if TYPE_CHECKING:
     from tests.conftest import AmqpServer
@@ -71,7 +71,9 @@ class Cluster:
         with log.open("wb") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
                 [sys.executable, "-m", module],
-                env={**self.env, **extra},
+                # The tests' servers and files are on this machine: the URL policy must allow
+                # them (a test's own settings come after, to refuse them again).
+                env={**local_servers_allowed(), **self.env, **extra},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

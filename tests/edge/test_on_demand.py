@@ -397,3 +397,41 @@ async def test_the_head_refuses_a_file_no_request_holds(rig: Rig) -> None:
     response = await rig.head.client.post("/v1/ranges/on-demand", json=body)
     assert response.status_code == 404
     assert "no request holds the file" in response.json()["detail"]
+
+
+async def test_a_source_the_policy_refuses_is_not_read_on_demand(rig: Rig) -> None:
+    """A file recorded with sources the edge's URL policy refuses (by another way than the
+    head API's POST, or before the policy said so): no split reads them; the ask is refused
+    with every source's reason."""
+    lfn = "EVNT.refused.pool.root.1"
+    spec = RequestSpec.model_validate(
+        {
+            "dataset": f"{SCOPE}:on.demand.refused",
+            "idempotency_key": "on-demand-refused",
+            "events_per_range": 250,
+            "files": [
+                {
+                    "scope": SCOPE,
+                    "lfn": lfn,
+                    "n_events": N_EVENTS,
+                    "size": rig.source.stat().st_size,
+                    "adler32": adler32_of_file(rig.source),
+                    "sources": [rig.source.resolve().as_uri(), "http://[::1]:9/source.root"],
+                }
+            ],
+        }
+    )
+    async with unit_of_work(rig.sessions) as session:
+        await record_request(session, spec)
+    on_demand = rig.state.on_demand
+    on_demand.settings = on_demand.settings.model_copy(
+        update={"source_file_roots": [], "source_networks": []}
+    )
+    response = await rig.edge.post(
+        "/v1/ranges/on-demand",
+        json={"scope": SCOPE, "LFN": lfn, "startEvent": 1, "lastEvent": 10},
+    )
+    assert response.status_code == 503, response.text
+    detail = response.json()["detail"]
+    assert "ESS_SOURCE_FILE_ROOTS" in detail and "ESS_SOURCE_NETWORKS" in detail, detail
+    assert rig.announced == []

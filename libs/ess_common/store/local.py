@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -74,15 +75,17 @@ class LocalStore:
 
     async def download(self, key: str, path: Path) -> None:
         source = self.path(key)
-        if not source.exists():
+        # A directory (the prefix of other keys) is no object, as in S3.
+        if not source.is_file():
             raise NotFound("object", key)
         await asyncio.to_thread(shutil.copyfile, source, path)
 
     async def size(self, key: str) -> int | None:
         try:
-            return self.path(key).stat().st_size
-        except FileNotFoundError:
+            found = self.path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        return found.st_size if stat.S_ISREG(found.st_mode) else None
 
     async def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)

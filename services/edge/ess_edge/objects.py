@@ -67,11 +67,25 @@ class ObjectCache:
             touch(path)
             return path, True
         self.stats.misses += 1
+        if not self._holdable(path):
+            # The key is the prefix of other keys here (a directory), or under a file: this
+            # disk cannot hold it, the object store may.
+            if await self.store.size(key) is None:
+                raise NotFound("object", key)
+            self.stats.redirected += 1
+            return None
         found = await self._flight.do(key, lambda: self._pull(key, path))
         if found is None:
             self.stats.redirected += 1
             return None
         return found, False
+
+    def _holdable(self, path: Path) -> bool:
+        """Whether `path` can be a file of this cache: not a directory, not below a file."""
+        if path.is_dir():
+            return False
+        below = path.relative_to(self.root).parents
+        return not any((self.root / parent).is_file() for parent in below)
 
     async def _pull(self, key: str, path: Path) -> Path | None:
         size = await self.store.size(key)

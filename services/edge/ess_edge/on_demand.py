@@ -44,7 +44,9 @@ from ess_common.messaging.bus import Bus, publish_event
 from ess_common.ranges import Answer, RangeEntry
 from ess_common.settings import EdgeSettings
 from ess_common.source_access import SourceAccess
+from ess_common.source_urls import as_read
 from ess_common.store.base import ObjectStore, on_demand_key
+from ess_common.url_policy import UrlRefused
 from ess_edge.objects import ObjectCache
 from ess_edge.openings import Openings, Runs
 from ess_split.errors import SplitError
@@ -313,7 +315,7 @@ class OnDemand:
         for url in ordered:
             try:
                 return await self._split_one(url, first, last, out, source)
-            except RetryableError as exc:
+            except (RetryableError, UrlRefused) as exc:
                 failures.append(str(exc))
                 log.warning("on_demand.source_failed", reason=str(exc))
         raise RetryableError(f"no source of the file could be read: {'; '.join(failures)}")
@@ -321,6 +323,8 @@ class OnDemand:
     async def _split_one(
         self, url: str, first: int, last: int, out: Path, source: FileSource
     ) -> tuple[int, str, int]:
+        # The head refused what its policy refuses; a name may resolve elsewhere by now.
+        await self.settings.source_policy.check_resolved(as_read(url))
         access = self.settings.source_access
         if url.startswith("s3://"):
             url = await presign_s3(url, self.settings)

@@ -32,6 +32,7 @@ from ess_common.errors import (
     EssError,
 )
 from ess_common.events import MAX_EVENT
+from ess_common.http_input import guard
 from ess_common.messaging.bus import Bus
 from ess_common.ranges import (
     BatchLookup,
@@ -156,6 +157,15 @@ class EdgeState:
         return LookupAnswer(scope=scope, lfn=lfn, start_event=start, last_event=last, pieces=pieces)
 
 
+#: How a position is documented (as at the head): the lookup refuses what breaks the
+#: convention with its reason and code (bad_range).
+_POSITION: dict[str, Any] = {
+    "le": MAX_EVENT,
+    "json_schema_extra": {"minimum": 1},
+    "description": "1-based, in the original file; 1 <= startEvent <= lastEvent",
+}
+
+
 class OnDemandAsk(BaseModel):
     """One PanDA event range to look up, or to split now when no request prepared it."""
 
@@ -182,6 +192,7 @@ class RangeFileResponse(FileResponse):
 def create_edge_app(state: EdgeState) -> FastAPI:
     app = FastAPI(title="ESS edge", summary="Event-range lookups and range files near the pilots")
     app.state.edge = state
+    guard(app, state.settings.max_body_bytes)
 
     @app.exception_handler(EssError)
     async def ess_error(_: Request, exc: EssError) -> JSONResponse:
@@ -214,8 +225,8 @@ def create_edge_app(state: EdgeState) -> FastAPI:
     async def lookup_range(
         scope: str,
         lfn: Annotated[str, Query(alias="LFN")],
-        start_event: Annotated[int, Query(alias="startEvent")],
-        last_event: Annotated[int, Query(alias="lastEvent")],
+        start_event: Annotated[int, Query(alias="startEvent", **_POSITION)],
+        last_event: Annotated[int, Query(alias="lastEvent", **_POSITION)],
     ) -> LookupAnswer:
         """As the head's: 1-based, inclusive positions of events in the original file."""
         return await state.answer(scope, lfn, start_event, last_event)

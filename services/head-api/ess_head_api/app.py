@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from ess_common.db.hot_reads import hot_reads
 from ess_common.db.session import engine_of
 from ess_common.errors import EssError
+from ess_common.http_input import guard
 from ess_common.ranges import RangeFailure
 from ess_common.refusals import refusal
 from ess_common.runtime import every
@@ -60,19 +61,29 @@ class ErrorAnswer(BaseModel):
     )
 
 
+COMPONENT_REF = "#/components/schemas/{model}"
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorAnswer"}
 #: Seconds a client waits before asking again when a server ESS needs is out of reach.
 UNAVAILABLE_RETRY_AFTER_S = 2
 log = structlog.get_logger("ess.head_api")
 
 
+def add_component(components: dict[str, Any], model: type[BaseModel]) -> None:
+    """`model`'s JSON Schema as a component, with the models it names beside it: its
+    references point into the components, where they resolve (not into `$defs` of its own)."""
+    found = model.model_json_schema(ref_template=COMPONENT_REF)
+    for name, definition in found.pop("$defs", {}).items():
+        components.setdefault(name, definition)
+    components[model.__name__] = found
+
+
 def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI document as the app answers: a 422 is either FastAPI's list of validation
     problems or one of our reasons, every other refusal is one of our reasons."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components["ErrorAnswer"] = ErrorAnswer.model_json_schema()
+    add_component(components, ErrorAnswer)
     # Named by the events route's second content type (its history).
-    components["RequestEventView"] = RequestEventView.model_json_schema()
+    add_component(components, RequestEventView)
     for path, operations in schema["paths"].items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
@@ -82,6 +93,9 @@ def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
                 )
             if "requestBody" in operation:
                 responses.setdefault("400", {"description": "the body is not JSON"})
+                responses.setdefault(
+                    "413", {"description": "the body is larger than ESS_MAX_BODY_BYTES"}
+                )
             if "{" in path:
                 # Every path parameter names something recorded: it may not exist.
                 responses.setdefault("404", {"description": "nothing of this name is known"})
@@ -148,6 +162,7 @@ def create_app(state: HeadState) -> FastAPI:
     # The lookup shortcut outside the tracing: pilots' lookups are no request's work.
     app.add_middleware(TraceRequests)
     app.add_middleware(LookupShortcut)
+    guard(app, state.settings.max_body_bytes)
     announce(app.state.tokens)
 
     @app.exception_handler(EssError)

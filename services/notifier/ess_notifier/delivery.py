@@ -12,6 +12,7 @@ from ess_common.db.models import Notification
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.messaging.bus import Bus
 from ess_common.messaging.stomp import StompPublisher
+from ess_common.url_policy import UrlPolicy
 
 MESSAGE = "message"
 STOMP = "stomp"
@@ -22,8 +23,11 @@ async def send(
     notification: Notification,
     bus: Bus,
     http: httpx.AsyncClient,
-    stomp: StompPublisher | None = None,
+    stomp: StompPublisher | None,
+    callbacks: UrlPolicy,
 ) -> None:
+    """Send it; a callback only to where the policy allows now (`ess_common.url_policy`):
+    a refused one fails for good with the reason. Redirects are not followed."""
     body = json.dumps(notification.payload).encode()
     if notification.kind == STOMP:
         if stomp is None:
@@ -40,6 +44,7 @@ async def send(
             headers=tracing.inject({"x-ess-notification-id": notification.id}),
         )
         return
+    await callbacks.check_resolved(notification.target)
     try:
         response = await http.post(
             notification.target,

@@ -194,7 +194,7 @@ class Notifier:
         n.attempts += 1
         what = f"{n.event} by {n.kind} to {n.target}"
         try:
-            await send(n, self.bus, self.http, self.stomp)
+            await send(n, self.bus, self.http, self.stomp, self.settings.callback_policy)
         except Exception as exc:
             n.last_error = f"{type(exc).__name__}: {exc}"[:2000]
             if isinstance(exc, PermanentError) or n.attempts >= self.settings.callback_max_attempts:

@@ -18,6 +18,7 @@ from ess_common.errors import PermanentError, RetryableError
 from ess_common.settings import EdgeSettings
 from ess_common.source_access import SourceAccess
 from ess_common.source_urls import as_read
+from ess_common.url_policy import UrlPolicy
 
 CHUNK = 1 << 20
 
@@ -30,9 +31,8 @@ async def fetch_file(url: str, target: Path) -> None:
 
 
 async def fetch_http(
-    url: str, target: Path, timeout_s: float, access: SourceAccess | None = None
+    url: str, target: Path, timeout_s: float, access: SourceAccess, policy: UrlPolicy
 ) -> None:
-    access = access or SourceAccess()
     try:
         async with (
             httpx.AsyncClient(
@@ -40,6 +40,8 @@ async def fetch_http(
                 follow_redirects=True,
                 verify=access.ssl_context(),
                 headers=access.headers(),
+                # Each redirect's host is checked as the first one was.
+                event_hooks=policy.guard_redirects(),
             ) as client,
             client.stream("GET", url) as response,
         ):
@@ -97,12 +99,16 @@ async def fetch_xrootd(url: str, target: Path) -> None:
 
 
 async def fetch(url: str, target: Path, settings: EdgeSettings) -> None:
+    """Fetch `url` if the source policy allows it now (`ess_common.url_policy`): a refused
+    source is a PermanentError naming the rule, and the next source is tried."""
     url = as_read(url)
+    policy = settings.source_policy
+    await policy.check_resolved(url)
     scheme = urlparse(url).scheme
     if scheme == "file":
         await fetch_file(url, target)
     elif scheme in ("http", "https"):
-        await fetch_http(url, target, settings.download_timeout_s, settings.source_access)
+        await fetch_http(url, target, settings.download_timeout_s, settings.source_access, policy)
     elif scheme == "s3":
         await fetch_s3(url, target, settings)
     elif scheme in ("root", "xroot"):

@@ -125,6 +125,31 @@ async def follow(
 
 
 _HISTORY = TypeAdapter(list[RequestEventView])
+#: One event of the stream, as OpenAPI 3.1 describes the events of `text/event-stream` (3.2
+#: calls it `itemSchema`): its name, its `id`, and its `data`, the JSON of a RequestView without
+#: `files` (status, ready, failed, cancelled) or of what is gone.
+GONE_SCHEMA = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "detail": {"type": "string"}},
+    "required": ["id", "detail"],
+}
+EVENT_SCHEMA = {
+    "type": "object",
+    "description": "one Server-Sent Event: a `status` frame per change, then `ready`, "
+    "`failed`, `cancelled` or `gone`; the stream also sends a `retry` hint and keep-alive "
+    "comments",
+    "properties": {
+        "event": {"enum": ["status", *_LAST.values(), "gone"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "if": {"properties": {"event": {"const": "gone"}}, "required": ["event"]},
+    "then": {"properties": {"data": {"contentSchema": GONE_SCHEMA}}},
+    "else": {
+        "properties": {"data": {"contentSchema": {"$ref": "#/components/schemas/RequestView"}}}
+    },
+}
 
 
 def wants_history(accept: str | None) -> bool:
@@ -143,7 +168,7 @@ def wants_history(accept: str | None) -> bool:
             "first); else a stream of `status` frames ending with `ready`, `failed`, "
             "`cancelled` or `gone`",
             "content": {
-                "text/event-stream": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": EVENT_SCHEMA},
                 "application/json": {
                     "schema": {
                         "type": "array",

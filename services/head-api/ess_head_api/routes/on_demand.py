@@ -20,14 +20,14 @@ import httpx
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ess_common.db.models import File
 from ess_common.db.session import engine_of
 from ess_common.errors import Busy
-from ess_common.events import MAX_EVENT
+from ess_common.events import MAX_EVENT, JsonInt
 from ess_common.ranges import (
     LookupAnswer,
     RangeFailure,
@@ -50,10 +50,14 @@ _TRIES = 3
 class OnDemandAsk(PilotPlace):
     """One PanDA event range, and where the pilot runs (optional)."""
 
+    # Types as JSON says them (a body); positions as the lookup states them: the lower bound
+    # and 1 <= startEvent <= lastEvent are refused with the lookup's reason and code.
+    model_config = ConfigDict(strict=True)
+
     scope: str = Field(max_length=255)
     lfn: str = Field(alias="LFN", max_length=255)
-    start_event: int = Field(alias="startEvent", le=MAX_EVENT)
-    last_event: int = Field(alias="lastEvent", le=MAX_EVENT)
+    start_event: JsonInt = Field(alias="startEvent", le=MAX_EVENT, json_schema_extra={"minimum": 1})
+    last_event: JsonInt = Field(alias="lastEvent", le=MAX_EVENT, json_schema_extra={"minimum": 1})
 
 
 def _rank(key: str, name: str) -> bytes:

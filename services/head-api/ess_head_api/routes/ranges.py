@@ -13,13 +13,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import Field, TypeAdapter
+from pydantic import ConfigDict, Field, TypeAdapter
 
 from ess_common import metrics
 from ess_common import ranges as shared
 from ess_common.db.session import engine_of
 from ess_common.errors import EssError
-from ess_common.events import MAX_EVENT
+from ess_common.events import MAX_EVENT, JsonInt
 from ess_common.ranges import RangeResult, range_result
 from ess_head_api.auth import LOOKERS, require
 from ess_head_api.lookup import PilotPlace, answer, answer_json, edge_hint
@@ -43,18 +43,26 @@ async def lookup_range(
     request: Request,
     scope: str,
     lfn: Annotated[str, Query(alias="LFN")],
-    # Not bounded here: `find_pieces` refuses what breaks the convention with a reason that
-    # names it, for this route and the batch one alike.
+    # The lower bound is stated in the document, not checked here: `find_pieces` refuses what
+    # breaks the convention (startEvent > lastEvent too, which no schema can say) with a
+    # reason and code that name it, as the plain path and the batch route do.
     start_event: Annotated[
         int,
         Query(
-            alias="startEvent", le=MAX_EVENT, description="1-based position in the original file"
+            alias="startEvent",
+            le=MAX_EVENT,
+            json_schema_extra={"minimum": 1},
+            description="1-based position in the original file; 1 <= startEvent <= lastEvent",
         ),
     ],
     last_event: Annotated[
         int,
         Query(
-            alias="lastEvent", le=MAX_EVENT, description="1-based, inclusive, in the original file"
+            alias="lastEvent",
+            le=MAX_EVENT,
+            json_schema_extra={"minimum": 1},
+            description="1-based, inclusive, in the original file; 1 <= startEvent <= lastEvent "
+            "(else 422, code bad_range)",
         ),
     ],
     # Where the pilot runs: each piece then also names the closest live edge (`edge_url`).
@@ -82,12 +90,23 @@ router.add_api_route(
 class PandaEventRange(shared.PandaEventRange):
     """An event range exactly as PanDA hands it to a pilot."""
 
-    start_event: int = Field(alias="startEvent", le=MAX_EVENT)
-    last_event: int = Field(alias="lastEvent", le=MAX_EVENT)
+    model_config = ConfigDict(strict=True)
+
+    # Not bounded below: a range that breaks 1 <= startEvent <= lastEvent comes back failed
+    # with its reason and code (bad_range), as every range that cannot be served.
+    start_event: JsonInt = Field(
+        alias="startEvent",
+        le=MAX_EVENT,
+        description="1-based; 1 <= startEvent <= lastEvent, else this range fails (bad_range)",
+    )
+    last_event: JsonInt = Field(alias="lastEvent", le=MAX_EVENT, description="1-based, inclusive")
 
 
 class BatchLookup(PilotPlace, shared.BatchLookup):
     """PanDA's event ranges, and where the pilot runs (see `GET /v1/ranges`)."""
+
+    # Types as JSON says them (a body, unlike the query of `GET /v1/ranges`).
+    model_config = ConfigDict(strict=True)
 
     event_ranges: list[PandaEventRange] = Field(alias="eventRanges", max_length=10_000)
 

@@ -11,10 +11,12 @@ from sqlalchemy import select
 from ess_common.db.models import DeadLetter, Request, RequestStatus
 from ess_common.db.requests import record_request
 from ess_common.db.session import unit_of_work
-from ess_common.errors import NotFound
+from ess_common.errors import NotFound, TooLarge
 from ess_common.events import RequestCreated, RequestSpec
 from ess_common.messaging.handlers import flush_quietly
 from ess_common.messaging.outbox import add_event
+from ess_common.settings import HeadSettings
+from ess_common.source_urls import as_read
 from ess_head_api import lifecycle
 from ess_head_api.auth import READERS, Role, require
 from ess_head_api.schemas import (
@@ -44,6 +46,42 @@ async def _get(state: HeadState, request_id: str) -> Request:
     return request
 
 
+def check_limits(spec: RequestSpec, settings: HeadSettings) -> None:
+    """Refuse a request past the configured limits, naming the limit (413)."""
+    if len(spec.files) > settings.max_request_files:
+        raise TooLarge(
+            f"the request lists {len(spec.files)} files, more than ESS_MAX_REQUEST_FILES "
+            f"({settings.max_request_files})"
+        )
+    for f in spec.files:
+        replica_sources = max((len(r.sources) for r in f.replicas), default=0)
+        for what, count, limit, name in (
+            ("sources", len(f.sources), settings.max_file_sources, "ESS_MAX_FILE_SOURCES"),
+            ("replicas", len(f.replicas), settings.max_file_replicas, "ESS_MAX_FILE_REPLICAS"),
+            (
+                "sources in a replica",
+                replica_sources,
+                settings.max_file_sources,
+                "ESS_MAX_FILE_SOURCES",
+            ),
+        ):
+            if count > limit:
+                raise TooLarge(
+                    f"file {f.scope}:{f.lfn} lists {count} {what}, more than {name} ({limit})"
+                )
+
+
+def check_urls(spec: RequestSpec, settings: HeadSettings) -> None:
+    """Refuse sources and a callback the URL policy refuses (`ess_common.url_policy`): 422
+    with the reason."""
+    sources = settings.source_policy
+    for f in spec.files:
+        for url in f.sources:
+            sources.check(as_read(url))
+    if spec.notify.callback_url is not None:
+        settings.callback_policy.check(spec.notify.callback_url)
+
+
 @router.post(
     "/requests",
     response_model=RequestView,
@@ -52,6 +90,7 @@ async def _get(state: HeadState, request_id: str) -> Request:
     responses={
         200: {"description": "the same request was already recorded", "model": RequestView},
         409: {"description": "the idempotency key names a request with other content"},
+        413: {"description": "past a configured limit (body, files, sources): named"},
     },
 )
 async def create_request(spec: RequestSpec, state: State, response: Response) -> RequestView:
@@ -60,6 +99,8 @@ async def create_request(spec: RequestSpec, state: State, response: Response) ->
     `files`, the dataset is resolved in Rucio: a dataset Rucio does not know, an empty one or
     one with a file without an event count is recorded failed with the reason (and PanDA told);
     Rucio unreachable is a 503."""
+    check_limits(spec, state.settings)
+    check_urls(spec, state.settings)
     async with unit_of_work(state.sessions) as session:
         request, created = await record_request(session, spec, catalogue=state.catalogue, via="api")
         if created:
