@@ -158,6 +158,10 @@ async def run_flow(
                 f"s3://{bucket}" if store_kind == "s3" else f"file://{workdir / 'objects'}"
             ),
             "ESS_URL_SIGNING_KEY": uuid.uuid4().hex,
+            # The dataset is read through file:// from its own folders.
+            "ESS_SOURCE_FILE_ROOTS": ",".join(
+                sorted({str(f.path.resolve().parent) for f in dataset})
+            ),
             "ESS_UPLOAD_CONCURRENCY": str(concurrency),
             "ESS_HEARTBEAT_INTERVAL_S": "0.5",
         }
