@@ -68,6 +68,10 @@ class EssSettings(BaseSettings):
     #: Deliveries of one message before it goes to its dead-letter queue.
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_s: float = Field(default=1.0, ge=0.0)
+    #: The longest wait between two deliveries of a message being retried: its own failures
+    #: double the wait up to this, and so does an outage of the database or the bus, for which
+    #: a message is retried for as long as it lasts (never dead-lettered).
+    retry_backoff_max_s: float = Field(default=60.0, gt=0)
     prefetch: int = Field(default=8, ge=1)
     #: Bearer tokens by role (panda, pilot, edge, admin), e.g.
     #: ESS_TOKENS='{"panda": ["..."], "pilot": ["..."]}'. At the head: who may call its API

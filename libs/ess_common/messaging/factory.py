@@ -12,7 +12,11 @@ def make_bus(settings: EssSettings) -> Bus:
     attempts, backoff, prefetch = settings.max_attempts, settings.retry_backoff_s, settings.prefetch
     if settings.bus_url.startswith("memory://"):
         return MemoryBus(
-            settings.exchange, max_attempts=attempts, backoff_s=backoff, prefetch=prefetch
+            settings.exchange,
+            max_attempts=attempts,
+            backoff_s=backoff,
+            prefetch=prefetch,
+            backoff_max_s=settings.retry_backoff_max_s,
         )
     return AmqpBus(
         settings.bus_url,
@@ -20,4 +24,5 @@ def make_bus(settings: EssSettings) -> Bus:
         max_attempts=attempts,
         backoff_s=backoff,
         prefetch=prefetch,
+        backoff_max_s=settings.retry_backoff_max_s,
     )
