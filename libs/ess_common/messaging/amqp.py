@@ -199,7 +199,7 @@ class AmqpBus:
                         queue,
                         message.body,
                         exchange=dead_exchange(self.exchange),
-                        headers=dead_headers(delivery, outcome.reason),
+                        headers=dead_headers(delivery, outcome.reason, refused=outcome.refused),
                     )
                 await message.ack()
             except Exception:

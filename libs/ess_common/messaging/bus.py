@@ -30,6 +30,9 @@ EDGE_SIGNATURE_HEADER = "x-ess-edge-signature"
 #: Redeliveries asked for because a server ESS needs (database, bus) was unreachable: they
 #: count apart from the attempts, which only the message's own failures spend.
 OUTAGES_HEADER = "x-ess-outages"
+#: On a dead letter: "1" when the message was refused (unsigned, forged, not allowed), so that
+#: nothing it says (a request it names) is believed.
+REFUSED_HEADER = "x-ess-refused"
 
 
 def edge_signature(body: bytes, token: SecretStr) -> str:

@@ -25,7 +25,7 @@ import structlog
 from pydantic import ValidationError
 
 from ess_common import metrics, tracing
-from ess_common.errors import PermanentError
+from ess_common.errors import Forbidden, PermanentError, Unauthorized
 from ess_common.messaging.bus import Delivery, Handler
 from ess_common.outages import is_outage
 
@@ -45,6 +45,8 @@ class Outcome:
     delay_s: float = 0.0
     #: A retry for an outage: it counts in `x-ess-outages`, not in the attempts.
     outage: bool = False
+    #: A dead letter refused (unauthenticated, forged): what it says is not to be believed.
+    refused: bool = False
 
 
 def backoff(attempt: int, base_s: float, cap_s: float = 60.0) -> float:
@@ -110,7 +112,7 @@ async def _handle(
         reason = _describe(exc)
         log.warning("message.dead_lettered", reason=reason)
         metrics.DEAD_LETTERS.labels(delivery.queue, reason_kind(exc)).inc()
-        return Outcome(Verdict.DEAD, reason)
+        return Outcome(Verdict.DEAD, reason, refused=isinstance(exc, (Unauthorized, Forbidden)))
     except Exception as exc:
         reason = _describe(exc)
         if is_outage(exc):

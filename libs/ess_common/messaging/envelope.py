@@ -18,6 +18,7 @@ from ess_common.messaging.bus import (
     OUTAGES_HEADER,
     QUEUE_HEADER,
     REASON_HEADER,
+    REFUSED_HEADER,
     ROUTING_KEY_HEADER,
     Delivery,
 )
@@ -99,9 +100,14 @@ def retry_headers(delivery: Delivery, *, outage: bool) -> dict[str, Any]:
     return headers
 
 
-def dead_headers(delivery: Delivery, reason: str) -> dict[str, Any]:
-    """The headers of the delivery as a dead letter: its reason, queue and first key."""
+def dead_headers(delivery: Delivery, reason: str, *, refused: bool = False) -> dict[str, Any]:
+    """The headers of the delivery as a dead letter: its reason, queue and first key, and
+    whether it was refused."""
     headers = dict(delivery.headers)
+    # Only this consumer says whether it refused the message, never its publisher.
+    headers.pop(REFUSED_HEADER, None)
+    if refused:
+        headers[REFUSED_HEADER] = "1"
     headers.update(
         {
             REASON_HEADER: reason[:4000],

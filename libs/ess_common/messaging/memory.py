@@ -172,5 +172,5 @@ class MemoryBus:
                 q.name,
                 delivery.body,
                 exchange=dead_exchange(self.exchange),
-                headers=dead_headers(delivery, outcome.reason),
+                headers=dead_headers(delivery, outcome.reason, refused=outcome.refused),
             )
