@@ -80,7 +80,8 @@ DEAD_LETTERS = Counter(
 )
 OUTAGE_RETRIES = Counter(
     "ess_outage_retries_total",
-    "Deliveries given back because a server they need (database, bus) was unreachable",
+    "Deliveries given back (or periodic rounds, periodic:<work>) because a server they "
+    "need (database, bus) was unreachable",
     ["queue"],
 )
 QUEUE_MESSAGES = Gauge(
