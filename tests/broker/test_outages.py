@@ -5,8 +5,10 @@ the time the head could not record their heartbeats."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 from prometheus_client import REGISTRY
@@ -21,6 +23,7 @@ from ess_common.db.models import (
     FileStatus,
     Request,
     RequestStatus,
+    utcnow,
 )
 from ess_common.db.session import SessionMaker, make_engine, make_session_maker
 from ess_common.events import FileAssigned, FileWork, parse_event
@@ -131,3 +134,77 @@ async def test_results_sent_during_a_database_outage_are_applied_after_it(
             assert edge_row is not None and edge_row.status == EdgeStatus.ALIVE
     finally:
         await broker.stop()
+
+
+async def test_live_edges_are_not_lost_for_a_database_outage(
+    proxied: Proxied, bus: Bus, unique: UniqueNames
+) -> None:
+    lost_after = timedelta(seconds=2)
+    edge = CachingEdge(bus)
+    await bus.consume(unique("edge"), ["file.assigned.*"], edge)
+    settings = HeadSettings.model_validate(
+        {"sweep_interval_s": 0.1, "edge_lost_after_s": lost_after.total_seconds()}
+    )
+    broker = Broker(settings, bus, proxied.sessions)
+    beating = True
+
+    async def beat() -> None:
+        while beating:
+            await publish_event(bus, heartbeat("edge-a"))
+            await asyncio.sleep(0.2)
+
+    beats = asyncio.create_task(beat())
+    await broker.start()
+    try:
+        spec = request_spec("edge-outage", n_files=1)
+        await bus.publish("request.created", spec.model_dump_json().encode())
+
+        async def cached() -> bool:
+            return await files_in(proxied.direct, FileStatus.CACHED) == 1
+
+        await eventually(cached, message="the file cached on edge-a")
+
+        # The outage lasts longer than an edge may be silent; the edge heartbeats all along.
+        await proxied.proxy.stop()
+        down_at = utcnow()
+        await eventually(
+            lambda: broker.recording.since is None and utcnow() - down_at > 2 * lost_after,
+            timeout=30,
+            message="the outage noticed and lasting twice the lost-edge timeout",
+        )
+        await proxied.proxy.start()
+        # Back: sweeps run until one could have told a silent edge lost.
+        await eventually(
+            lambda: broker.recording.can_tell_lost(utcnow(), lost_after),
+            timeout=30,
+            message="heartbeats recordable for the lost-edge timeout again",
+        )
+        after = await broker_sweeps(broker, 3)
+        async with proxied.direct() as session:
+            row = await session.get(Edge, "edge-a")
+            file = await session.scalar(select(File))
+        assert row is not None and row.status == EdgeStatus.ALIVE
+        assert file is not None
+        assert (file.edge, file.attempt, file.status) == ("edge-a", 1, FileStatus.CACHED), after
+
+        # Lost detection still works: an edge that stops heartbeating is lost.
+        beating = False
+        await beats
+
+        async def edge_lost() -> bool:
+            async with proxied.direct() as session:
+                lost = await session.get(Edge, "edge-a")
+            return lost is not None and lost.status == EdgeStatus.LOST
+
+        await eventually(edge_lost, timeout=30, message="a silent edge lost")
+    finally:
+        beating = False
+        await beats
+        await broker.stop()
+
+
+async def broker_sweeps(broker: Broker, rounds: int) -> int:
+    """Sweep `rounds` times more, as the broker's periodic sweep would."""
+    for _ in range(rounds):
+        await broker.sweep()
+    return rounds
