@@ -219,6 +219,12 @@ class HeadSettings(EssSettings):
     #: rows are deleted. 0 keeps requests forever.
     request_ttl_s: float = Field(default=30 * 24 * 3600, ge=0)
     expire_interval_s: float = Field(default=300.0, gt=0)
+    #: An open request none of whose files changed for this long is stuck (a lost or
+    #: dead-lettered message, an edge that vanished): the broker's sweep drives it again, its
+    #: unfinished files back to pending and assigned anew, at most `stuck_max_drives` times;
+    #: stuck once more, it fails with the reason (PanDA is told; an operator may retry it).
+    stuck_after_s: float = Field(default=1800.0, gt=0)
+    stuck_max_drives: int = Field(default=2, ge=0)
     #: How often a Server-Sent Events stream looks for a change of its request, and how long
     #: one lasts at most (the client reconnects).
     events_poll_interval_s: float = Field(default=1.0, gt=0)

@@ -25,6 +25,7 @@ from ess_broker.dead_letters import record_dead_letter
 from ess_broker.edges import RecordingWindow, handle_heartbeat
 from ess_broker.on_demand import handle_range_split
 from ess_broker.retention import RangeRetention
+from ess_broker.stuck import sweep_stuck
 from ess_common import metrics
 from ess_common.catalogue import Catalogue
 from ess_common.db.models import Request, utcnow
@@ -75,6 +76,7 @@ class Broker:
         self.sessions = sessions
         self.relay = OutboxRelay(sessions, bus)
         self.lost_after = timedelta(seconds=settings.edge_lost_after_s)
+        self.stuck_after = timedelta(seconds=settings.stuck_after_s)
         #: Since when heartbeats could be recorded: only that time counts toward lost edges.
         self.recording = RecordingWindow()
         self.retention = RangeRetention(settings, sessions)
@@ -142,6 +144,10 @@ class Broker:
     async def sweep(self) -> None:
         # Separate transactions: the edge rows locked to reclaim are not held while assigning.
         await self.reclaim()
+        # Only once the head has watched for as long: no request is stuck for an outage.
+        if self.recording.can_tell_lost(utcnow(), self.stuck_after):
+            async with unit_of_work(self.sessions) as session:
+                await sweep_stuck(session, self.stuck_after, self.settings.stuck_max_drives)
         async with unit_of_work(self.sessions) as session:
             await assign_pending(session, self.lost_after, max_queued=self.settings.edge_max_queued)
         await flush_quietly(self.relay)
