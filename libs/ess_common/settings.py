@@ -225,6 +225,12 @@ class HeadSettings(EssSettings):
     #: stuck once more, it fails with the reason (PanDA is told; an operator may retry it).
     stuck_after_s: float = Field(default=1800.0, gt=0)
     stuck_max_drives: int = Field(default=2, ge=0)
+    #: Range objects no range row names (attempts whose results never counted, uploads cut
+    #: off by a failure) are deleted by the broker's sweep once older than this: longer than
+    #: a split may take from its first upload to its recorded result. Looked for every
+    #: `orphan_sweep_interval_s`.
+    orphan_grace_s: float = Field(default=24 * 3600.0, gt=0)
+    orphan_sweep_interval_s: float = Field(default=3600.0, gt=0)
     #: How often a Server-Sent Events stream looks for a change of its request, and how long
     #: one lasts at most (the client reconnects).
     events_poll_interval_s: float = Field(default=1.0, gt=0)

@@ -24,6 +24,7 @@ from ess_broker.bookkeeping import handle_file_cached, handle_file_failed, handl
 from ess_broker.dead_letters import record_dead_letter
 from ess_broker.edges import RecordingWindow, handle_heartbeat
 from ess_broker.on_demand import handle_range_split
+from ess_broker.orphans import OrphanSweeper
 from ess_broker.retention import RangeRetention
 from ess_broker.stuck import sweep_stuck
 from ess_common import metrics
@@ -80,6 +81,12 @@ class Broker:
         #: Since when heartbeats could be recorded: only that time counts toward lost edges.
         self.recording = RecordingWindow()
         self.retention = RangeRetention(settings, sessions)
+        self.orphans = OrphanSweeper(
+            sessions,
+            self.retention.store,
+            timedelta(seconds=settings.orphan_grace_s),
+            timedelta(seconds=settings.orphan_sweep_interval_s),
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def handle_request_created(self, session: AsyncSession, event: RequestCreated) -> None:
@@ -152,6 +159,7 @@ class Broker:
             await assign_pending(session, self.lost_after, max_queued=self.settings.edge_max_queued)
         await flush_quietly(self.relay)
         await self.retention.sweep()
+        await self.orphans.maybe_sweep()
         for queue in self.queues:
             metrics.QUEUE_MESSAGES.labels(queue).set(await self.bus.depth(queue))
 
