@@ -4,6 +4,7 @@ retried, without spending the message's attempts, until the server answers again
 from __future__ import annotations
 
 import asyncpg  # type: ignore[import-untyped]
+import httpx
 import sqlalchemy.exc
 
 from ess_common.errors import BadMessage
@@ -47,10 +48,13 @@ def test_connection_errors_of_the_drivers_are_outages() -> None:
     assert is_outage(wrapped)
     assert is_outage(asyncpg.exceptions.CannotConnectNowError("the database system is starting"))
     assert is_outage(asyncpg.exceptions.AdminShutdownError("terminating connection"))
+    assert is_outage(OSError(104, "Connection reset by peer"))
+    # A source that is down, as an HTTP client reports it: that work's failure, not an outage.
     try:
-        raise RuntimeError("while saving") from OSError(104, "Connection reset by peer")
-    except RuntimeError as exc:
-        assert is_outage(exc)
+        raise httpx.ConnectError("source down") from ConnectionRefusedError(111, "refused")
+    except httpx.ConnectError as exc:
+        assert not is_outage(exc)
+    assert not is_outage(TimeoutError("a source took too long"))
     assert not is_outage(BadMessage("no such field"))
     assert not is_outage(ValueError("invalid literal"))
     integrity = sqlalchemy.exc.IntegrityError("INSERT", {}, ValueError("duplicate key"))
