@@ -14,7 +14,7 @@ from ess_common.db.models import DeadLetter, File, Request, RequestEvent, Reques
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import DatasetFile, FileWork
-from ess_common.messaging.bus import Bus, publish_event
+from ess_common.messaging.bus import ATTEMPT_HEADER, Bus, publish_event
 from ess_common.settings import HeadSettings
 from tests.broker.factories import request_spec, split_done
 from tests.helpers import eventually
@@ -94,3 +94,25 @@ async def test_a_refused_result_naming_a_real_request_changes_no_request(
             )
         ).all()
     assert RequestEventKind.DEAD_LETTER not in kinds
+
+
+async def test_more_bad_envelopes_than_the_prefetch_hold_up_no_request(
+    broker: Broker, sessions: SessionMaker, bus: Bus
+) -> None:
+    prefetch = getattr(bus, "prefetch", 8)
+    bad = prefetch + 1
+    body = request_spec("bad-envelope").model_dump_json().encode()
+    for _ in range(bad):
+        await bus.publish("request.created", body, headers={ATTEMPT_HEADER: "one"})
+    await bus.publish("request.created", request_spec("after-bad").model_dump_json().encode())
+
+    async def recorded() -> list[str]:
+        async with sessions() as session:
+            return list((await session.scalars(select(Request.idempotency_key))).all())
+
+    assert await eventually(recorded, message="the good request recorded") == ["after-bad"]
+    rows = await eventually(lambda: dead_letters(sessions, bad), message="every bad one recorded")
+    assert len(rows) == bad
+    assert {row.reason for row in rows} == {
+        "bad envelope: header x-ess-attempt is not an integer: 'one'"
+    }
