@@ -1,45 +1,23 @@
 """Running the edge's workers (precacher, splitter) as child processes, restarted on exit.
 
-The children die with the edge's main process, however it ends (`kill -9` included): on Linux
-each asks the kernel for SIGKILL when its parent dies (`prctl(PR_SET_PDEATHSIG)`), set between
-fork and exec, so no worker is left consuming the edge's queues on its own.
+The children die with the edge's main process, however it ends (`kill -9` included): each asks
+the kernel for SIGKILL when its parent dies (`ess_common.parent_death`), so no worker is left
+consuming the edge's queues on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import structlog
 
+from ess_common.parent_death import before_exec
+
 log = structlog.get_logger("ess.edge.supervisor")
-
-#: <linux/prctl.h>
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """What a child runs before exec to be killed when this process dies; None where the
-    kernel offers no such thing (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        log.warning("child.parent_death_signal_unavailable", platform=sys.platform)
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def arm() -> None:
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            os._exit(127)
-        # The parent may have died before the signal was asked for: then nobody sends it.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return arm
 
 
 class Child:
@@ -64,7 +42,7 @@ class Child:
         delay = 1.0
         while not self._stopping:
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, preexec_fn=die_with_parent()
+                *self.argv, env=self.env, preexec_fn=before_exec()
             )
             if self.niceness:
                 # Before the child starts its own threads, which inherit it.
