@@ -9,6 +9,7 @@ import sqlalchemy.exc
 
 from ess_common.errors import BadMessage
 from ess_common.messaging.bus import Bus, Delivery
+from ess_common.messaging.dispatch import backoff
 from ess_common.outages import is_outage
 from tests.common.test_bus_contract import MAX_ATTEMPTS, Recorder, watch_dead_letters
 from tests.helpers import UniqueNames, eventually
@@ -59,3 +60,10 @@ def test_connection_errors_of_the_drivers_are_outages() -> None:
     assert not is_outage(ValueError("invalid literal"))
     integrity = sqlalchemy.exc.IntegrityError("INSERT", {}, ValueError("duplicate key"))
     assert not is_outage(integrity)
+
+
+def test_the_wait_between_outage_retries_is_capped() -> None:
+    assert backoff(1, 0.5, 60.0) == 0.5
+    assert backoff(4, 0.5, 60.0) == 4.0
+    # A long outage counts many redeliveries; the wait stays at the cap.
+    assert backoff(100_000, 0.5, 60.0) == 60.0
