@@ -81,7 +81,10 @@ class Embedded:
         self.head = head
         self.edges = edges
         self.bus = MemoryBus(
-            head.exchange, max_attempts=head.max_attempts, backoff_s=head.retry_backoff_s
+            head.exchange,
+            max_attempts=head.max_attempts,
+            backoff_s=head.retry_backoff_s,
+            backoff_max_s=head.retry_backoff_max_s,
         )
         self.engine = make_engine(head.database_url)
         self.sessions = make_session_maker(self.engine)

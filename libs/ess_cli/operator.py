@@ -37,6 +37,7 @@ _STYLE = {
     "dead_letter": "red",
     "notification_failed": "red",
     "cancelled": "magenta",
+    "driven": "yellow",
 }
 
 Command = Callable[[HeadClient, argparse.Namespace, Console], Any]

@@ -78,6 +78,12 @@ DEAD_LETTERS = Counter(
     "Messages sent to their dead-letter queue, by the kind of reason",
     ["queue", "reason"],
 )
+OUTAGE_RETRIES = Counter(
+    "ess_outage_retries_total",
+    "Deliveries given back (or periodic rounds, periodic:<work>) because a server they "
+    "need (database, bus) was unreachable",
+    ["queue"],
+)
 QUEUE_MESSAGES = Gauge(
     "ess_queue_messages",
     "Messages waiting in a queue, as last looked at by its consumer",

@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 import structlog
 
-from ess_common import tracing
+from ess_common import metrics, tracing
 from ess_common.logs import configure_logging
 from ess_common.metrics_export import MetricsServer
+from ess_common.outages import is_outage
 from ess_common.settings import EssSettings
 
 log = structlog.get_logger("ess.runtime")
@@ -38,12 +39,17 @@ async def run_until_signalled(
 
 
 async def every(interval_s: float, work: Callable[[], Awaitable[object]], name: str) -> None:
-    """Run periodic work forever; a failing round is logged and the next one comes anyway."""
+    """Run periodic work forever; a failing round is logged and the next one comes anyway.
+    A round that met an outage (a server unreachable) is logged in one line and counted."""
     while True:
         try:
             await work()
-        except Exception:
-            log.exception("periodic.failed", work=name)
+        except Exception as exc:
+            if is_outage(exc):
+                log.warning("periodic.outage", work=name, reason=f"{type(exc).__name__}: {exc}")
+                metrics.OUTAGE_RETRIES.labels(f"periodic:{name}").inc()
+            else:
+                log.exception("periodic.failed", work=name)
         await asyncio.sleep(interval_s)
 
 

@@ -73,6 +73,10 @@ class EssSettings(BaseSettings):
     #: Deliveries of one message before it goes to its dead-letter queue.
     max_attempts: int = Field(default=5, ge=1)
     retry_backoff_s: float = Field(default=1.0, ge=0.0)
+    #: The longest wait between two deliveries of a message being retried: its own failures
+    #: double the wait up to this, and so does an outage of the database or the bus, for which
+    #: a message is retried for as long as it lasts (never dead-lettered).
+    retry_backoff_max_s: float = Field(default=60.0, gt=0)
     prefetch: int = Field(default=8, ge=1)
     #: Deliveries of one message given back unacknowledged (its consumer died holding it)
     #: before RabbitMQ dead-letters it (the quorum queues' `x-delivery-limit`). Changing it
@@ -270,6 +274,18 @@ class HeadSettings(EssSettings):
     #: rows are deleted. 0 keeps requests forever.
     request_ttl_s: float = Field(default=30 * 24 * 3600, ge=0)
     expire_interval_s: float = Field(default=300.0, gt=0)
+    #: An open request none of whose files changed for this long is stuck (a lost or
+    #: dead-lettered message, an edge that vanished): the broker's sweep drives it again, its
+    #: unfinished files back to pending and assigned anew, at most `stuck_max_drives` times;
+    #: stuck once more, it fails with the reason (PanDA is told; an operator may retry it).
+    stuck_after_s: float = Field(default=1800.0, gt=0)
+    stuck_max_drives: int = Field(default=2, ge=0)
+    #: Range objects no range row names (attempts whose results never counted, uploads cut
+    #: off by a failure) are deleted by the broker's sweep once older than this: longer than
+    #: a split may take from its first upload to its recorded result. Looked for every
+    #: `orphan_sweep_interval_s`.
+    orphan_grace_s: float = Field(default=24 * 3600.0, gt=0)
+    orphan_sweep_interval_s: float = Field(default=3600.0, gt=0)
     #: How often a Server-Sent Events stream looks for a change of its request, and how long
     #: one lasts at most (the client reconnects).
     events_poll_interval_s: float = Field(default=1.0, gt=0)

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+from ess_common.parent_death import die_with_parent
 from ess_split.format.codecs import Compression
 from ess_split.split import (
     SplitResult,
@@ -93,7 +94,9 @@ def split_root_file_parallel(
     bounds = [n_ranges * index // count for index in range(count + 1)]
     results: list[SplitResult] = []
     failure: BaseException | None = None
-    with ProcessPoolExecutor(count, mp_context=_context()) as pool:
+    # Its workers die with this process, were it killed: none is left over (a pool's worker
+    # forked from it would otherwise wait for work forever).
+    with ProcessPoolExecutor(count, mp_context=_context(), initializer=die_with_parent) as pool:
         futures: list[Future[SplitResult]] = [
             pool.submit(
                 split_root_file,

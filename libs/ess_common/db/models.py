@@ -277,6 +277,7 @@ class RequestEventKind(enum.StrEnum):
     NOTIFIED = "notified"
     NOTIFICATION_FAILED = "notification_failed"
     DEAD_LETTER = "dead_letter"
+    DRIVEN = "driven"  # a request that made no progress, its unfinished files sent out again
 
 
 class RequestEvent(Base):

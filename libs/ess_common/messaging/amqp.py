@@ -34,16 +34,12 @@ from ess_common.messaging.amqp_queues import (
     supports_at_least_once,
 )
 from ess_common.messaging.bus import (
-    ATTEMPT_HEADER,
-    QUEUE_HEADER,
-    REASON_HEADER,
-    ROUTING_KEY_HEADER,
-    Delivery,
     Handler,
     audit_queue,
     dead_exchange,
 )
-from ess_common.messaging.dispatch import Verdict, dispatch
+from ess_common.messaging.dispatch import Outcome, Verdict, dispatch, refuse_envelope
+from ess_common.messaging.envelope import dead_headers, read_envelope, retry_headers
 
 log = structlog.get_logger("ess.amqp")
 
@@ -72,11 +68,13 @@ class AmqpBus:
         backoff_s: float = 1.0,
         prefetch: int = 8,
         delivery_limit: int = DELIVERY_LIMIT,
+        backoff_max_s: float = 60.0,
     ) -> None:
         self.url = url
         self.exchange = exchange
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
         self.prefetch = prefetch
         self.delivery_limit = delivery_limit
         self._policy: QueuePolicy | None = None
@@ -251,14 +249,20 @@ class AmqpBus:
         declared = await self._declare(channel, queue, exchange or self.exchange, bindings)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            headers = dict(message.headers or {})
-            attempt = int(str(headers.get(ATTEMPT_HEADER) or 1))
-            # A retried message comes back through the default exchange: keep its first key.
-            routing_key = str(headers.get(ROUTING_KEY_HEADER) or message.routing_key or "")
-            delivery = Delivery(queue, routing_key, message.body, headers, attempt)
-            outcome = await dispatch(
-                delivery, handler, max_attempts=self.max_attempts, backoff_s=self.backoff_s
-            )
+            envelope = read_envelope(queue, message.routing_key, message.body, message.headers)
+            delivery = envelope.delivery
+            outcome: Outcome
+            if envelope.problem is not None and queue != audit_queue(self.exchange):
+                outcome = refuse_envelope(delivery, envelope.problem)
+            else:
+                # A dead letter is recorded whatever its headers: its reason is what counts.
+                outcome = await dispatch(
+                    delivery,
+                    handler,
+                    max_attempts=self.max_attempts,
+                    backoff_s=self.backoff_s,
+                    backoff_max_s=self.backoff_max_s,
+                )
             if outcome.verdict is Verdict.DEAD and queue == audit_queue(self.exchange):
                 # The message also waits in its own dead-letter queue: nothing is lost.
                 log.error("dead_letter.not_recorded", reason=outcome.reason)
@@ -266,21 +270,14 @@ class AmqpBus:
                 return
             try:
                 if outcome.verdict is Verdict.RETRY:
-                    headers.update({ATTEMPT_HEADER: attempt + 1, ROUTING_KEY_HEADER: routing_key})
-                    await self._send_to_queue(f"{queue}.retry", message, headers, outcome.delay_s)
+                    again = retry_headers(delivery, outage=outcome.outage)
+                    await self._send_to_queue(f"{queue}.retry", message, again, outcome.delay_s)
                 elif outcome.verdict is Verdict.DEAD:
-                    headers.update(
-                        {
-                            REASON_HEADER: outcome.reason[:4000],
-                            QUEUE_HEADER: queue,
-                            ROUTING_KEY_HEADER: routing_key,
-                        }
-                    )
-                    # Whoever consumes the dead letter has its own attempts; the reason
-                    # already says how many were spent here.
-                    headers.pop(ATTEMPT_HEADER, None)
                     await self.publish(
-                        queue, message.body, exchange=dead_exchange(self.exchange), headers=headers
+                        queue,
+                        message.body,
+                        exchange=dead_exchange(self.exchange),
+                        headers=dead_headers(delivery, outcome.reason, refused=outcome.refused),
                     )
                 await message.ack()
             except Exception:

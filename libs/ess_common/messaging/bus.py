@@ -27,6 +27,12 @@ REASON_HEADER = "x-ess-reason"
 QUEUE_HEADER = "x-ess-queue"
 ROUTING_KEY_HEADER = "x-ess-routing-key"
 EDGE_SIGNATURE_HEADER = "x-ess-edge-signature"
+#: Redeliveries asked for because a server ESS needs (database, bus) was unreachable: they
+#: count apart from the attempts, which only the message's own failures spend.
+OUTAGES_HEADER = "x-ess-outages"
+#: On a dead letter: "1" when the message was refused (unsigned, forged, not allowed), so that
+#: nothing it says (a request it names) is believed.
+REFUSED_HEADER = "x-ess-refused"
 
 
 def edge_signature(body: bytes, token: SecretStr) -> str:
@@ -65,6 +71,8 @@ class Delivery:
     headers: Mapping[str, Any] = field(default_factory=dict)
     #: 1 on the first delivery, counting the retries this consumer asked for.
     attempt: int = 1
+    #: Redeliveries this consumer asked for while a server it needs was unreachable.
+    outages: int = 0
 
 
 Handler = Callable[[Delivery], Awaitable[None]]

@@ -12,7 +12,11 @@ def make_bus(settings: EssSettings) -> Bus:
     attempts, backoff, prefetch = settings.max_attempts, settings.retry_backoff_s, settings.prefetch
     if settings.bus_url.startswith("memory://"):
         return MemoryBus(
-            settings.exchange, max_attempts=attempts, backoff_s=backoff, prefetch=prefetch
+            settings.exchange,
+            max_attempts=attempts,
+            backoff_s=backoff,
+            prefetch=prefetch,
+            backoff_max_s=settings.retry_backoff_max_s,
         )
     return AmqpBus(
         settings.bus_url,
@@ -21,4 +25,5 @@ def make_bus(settings: EssSettings) -> Bus:
         backoff_s=backoff,
         prefetch=prefetch,
         delivery_limit=settings.queue_delivery_limit,
+        backoff_max_s=settings.retry_backoff_max_s,
     )

@@ -19,6 +19,7 @@ from ess_common.errors import BadMessage
 from ess_common.events import Event, parse_event
 from ess_common.messaging.bus import Delivery, Handler
 from ess_common.messaging.outbox import OutboxRelay
+from ess_common.outages import is_outage
 
 log = structlog.get_logger("ess.handlers")
 
@@ -72,5 +73,8 @@ async def flush_quietly(relay: OutboxRelay) -> None:
     # to handle the message again.
     try:
         await relay.flush()
-    except Exception:
-        log.exception("outbox.flush_after_commit_failed")
+    except Exception as exc:
+        if is_outage(exc):
+            log.warning("outbox.flush_after_commit_outage", reason=f"{type(exc).__name__}: {exc}")
+        else:
+            log.exception("outbox.flush_after_commit_failed")

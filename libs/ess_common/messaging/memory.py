@@ -14,16 +14,13 @@ import structlog
 
 from ess_common.errors import Unroutable
 from ess_common.messaging.bus import (
-    ATTEMPT_HEADER,
-    QUEUE_HEADER,
-    REASON_HEADER,
-    ROUTING_KEY_HEADER,
     Delivery,
     Handler,
     audit_queue,
     dead_exchange,
 )
-from ess_common.messaging.dispatch import Verdict, dispatch
+from ess_common.messaging.dispatch import Outcome, Verdict, dispatch, refuse_envelope
+from ess_common.messaging.envelope import dead_headers, read_envelope, retry_headers
 
 log = structlog.get_logger("ess.memory_bus")
 
@@ -49,6 +46,7 @@ def topic_pattern(binding: str) -> re.Pattern[str]:
 @dataclass
 class _Queue:
     name: str
+    #: Messages as published: their envelope is read when a worker takes them.
     items: asyncio.Queue[Delivery] = field(default_factory=asyncio.Queue)
     bindings: list[tuple[str, re.Pattern[str]]] = field(default_factory=list)
     consumers: int = 0
@@ -62,10 +60,12 @@ class MemoryBus:
         max_attempts: int = 5,
         backoff_s: float = 1.0,
         prefetch: int = 8,
+        backoff_max_s: float = 60.0,
     ) -> None:
         self.exchange = exchange
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
         self.prefetch = prefetch
         self._queues: dict[str, _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -102,12 +102,9 @@ class MemoryBus:
     ) -> None:
         target = exchange or self.exchange
         given = dict(headers or {})
-        # As the RabbitMQ bus reads a delivery: a dead letter keeps the key it first had.
-        key = str(given.get(ROUTING_KEY_HEADER) or routing_key)
-        attempt = int(str(given.get(ATTEMPT_HEADER) or 1))
         for q in self._queues.values():
             if any(e == target and p.match(routing_key) for e, p in q.bindings):
-                q.items.put_nowait(Delivery(q.name, key, body, dict(given), attempt))
+                q.items.put_nowait(Delivery(q.name, routing_key, body, dict(given)))
 
     async def send_to_queue(self, queue: str, body: bytes, headers: Mapping[str, Any]) -> None:
         q = self._queues.get(queue)
@@ -149,41 +146,41 @@ class MemoryBus:
 
     async def _worker(self, q: _Queue, handler: Handler) -> None:
         while True:
-            delivery = await q.items.get()
+            published = await q.items.get()
             try:
-                outcome = await dispatch(
-                    delivery, handler, max_attempts=self.max_attempts, backoff_s=self.backoff_s
-                )
-                if outcome.verdict is Verdict.RETRY:
-                    again = Delivery(
-                        q.name,
-                        delivery.routing_key,
-                        delivery.body,
-                        {
-                            **delivery.headers,
-                            ATTEMPT_HEADER: delivery.attempt + 1,
-                            ROUTING_KEY_HEADER: delivery.routing_key,
-                        },
-                        delivery.attempt + 1,
-                    )
-                    self._spawn(self._later(outcome.delay_s, q, again), f"retry:{q.name}")
-                elif outcome.verdict is Verdict.DEAD and q.name == audit_queue(self.exchange):
-                    log.error("dead_letter.not_recorded", reason=outcome.reason)
-                elif outcome.verdict is Verdict.DEAD:
-                    headers = {
-                        **delivery.headers,
-                        REASON_HEADER: outcome.reason,
-                        QUEUE_HEADER: q.name,
-                        ROUTING_KEY_HEADER: delivery.routing_key,
-                    }
-                    # Whoever consumes the dead letter has its own attempts; the reason
-                    # already says how many were spent here.
-                    headers.pop(ATTEMPT_HEADER, None)
-                    await self.publish(
-                        q.name,
-                        delivery.body,
-                        exchange=dead_exchange(self.exchange),
-                        headers=headers,
-                    )
+                await self._deliver(q, handler, published)
             finally:
                 q.items.task_done()
+
+    async def _deliver(self, q: _Queue, handler: Handler, published: Delivery) -> None:
+        # As the RabbitMQ bus reads a delivery: a dead letter keeps the key it first had.
+        envelope = read_envelope(q.name, published.routing_key, published.body, published.headers)
+        delivery = envelope.delivery
+        outcome: Outcome
+        if envelope.problem is not None and q.name != audit_queue(self.exchange):
+            outcome = refuse_envelope(delivery, envelope.problem)
+        else:
+            outcome = await dispatch(
+                delivery,
+                handler,
+                max_attempts=self.max_attempts,
+                backoff_s=self.backoff_s,
+                backoff_max_s=self.backoff_max_s,
+            )
+        if outcome.verdict is Verdict.RETRY:
+            again = Delivery(
+                q.name,
+                delivery.routing_key,
+                delivery.body,
+                retry_headers(delivery, outage=outcome.outage),
+            )
+            self._spawn(self._later(outcome.delay_s, q, again), f"retry:{q.name}")
+        elif outcome.verdict is Verdict.DEAD and q.name == audit_queue(self.exchange):
+            log.error("dead_letter.not_recorded", reason=outcome.reason)
+        elif outcome.verdict is Verdict.DEAD:
+            await self.publish(
+                q.name,
+                delivery.body,
+                exchange=dead_exchange(self.exchange),
+                headers=dead_headers(delivery, outcome.reason, refused=outcome.refused),
+            )

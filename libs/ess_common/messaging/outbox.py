@@ -16,12 +16,13 @@ import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common import tracing
+from ess_common import metrics, tracing
 from ess_common.db.models import OutboxMessage, utcnow
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import Unroutable
 from ess_common.events import Event
 from ess_common.messaging.bus import Bus
+from ess_common.outages import is_outage
 
 log = structlog.get_logger("ess.outbox")
 
@@ -114,6 +115,11 @@ class OutboxRelay:
                 rounds += 1
                 if rounds % 600 == 0:
                     await self.purge()
-            except Exception:
-                log.exception("outbox.flush_failed")
+            except Exception as exc:
+                if is_outage(exc):
+                    # One line a round, not a traceback: the outage is what is to be seen.
+                    log.warning("outbox.flush_outage", reason=f"{type(exc).__name__}: {exc}")
+                    metrics.OUTAGE_RETRIES.labels("periodic:outbox").inc()
+                else:
+                    log.exception("outbox.flush_failed")
             await asyncio.sleep(interval_s)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ess_common.errors import PermanentError
 
@@ -42,6 +44,14 @@ def on_demand_key(scope: str, lfn: str, first: int, last: int) -> str:
     return check_key(f"on-demand/{scope}/{lfn}/{first:09d}-{last:09d}.root")
 
 
+class StoredObject(NamedTuple):
+    """One object as a listing shows it."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
 class ObjectStore(Protocol):
     async def start(self) -> None: ...
 
@@ -65,3 +75,8 @@ class ObjectStore(Protocol):
 
     async def signed_url(self, key: str, ttl_s: int) -> str:
         """A URL anyone may GET until it expires, made now."""
+
+    def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object whose key starts with `prefix` (a checked key), with its size and
+        when it was last written."""
+        ...

@@ -13,12 +13,14 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
 from ess_common import metrics
 from ess_common.errors import Forbidden, NotFound
-from ess_common.store.base import check_key
+from ess_common.store.base import StoredObject, check_key
 
 
 def sign(secret: bytes, key: str, expires: int) -> str:
@@ -110,6 +112,26 @@ class LocalStore:
                 entry.unlink(missing_ok=True)
                 deleted += 1
         return deleted
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        found = await asyncio.to_thread(self._list, self.path(prefix))
+        for item in found:
+            yield item
+
+    def _list(self, path: Path) -> list[StoredObject]:
+        if not path.parent.is_dir():
+            return []
+        found = []
+        for entry in path.parent.iterdir():
+            if not entry.name.startswith(path.name):
+                continue
+            for item in [entry] if entry.is_file() else entry.rglob("*"):
+                if item.is_file() and not item.name.startswith("."):
+                    stat = item.stat()
+                    key = item.relative_to(self.root).as_posix()
+                    modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+                    found.append(StoredObject(key, stat.st_size, modified))
+        return found
 
     async def signed_url(self, key: str, ttl_s: int) -> str:
         check_key(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from ess_common import metrics
 from ess_common.errors import NotFound, RetryableError
-from ess_common.store.base import check_key
+from ess_common.store.base import StoredObject, check_key
 from ess_common.store.presign import Presigner
 
 log = structlog.get_logger("ess.store.s3")
@@ -185,6 +186,14 @@ class S3Store:
             if keys:
                 deleted += await self._delete_keys(keys)
         return deleted
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        own = f"{self.prefix}/" if self.prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for found in page.get("Contents", []):
+                key = str(found["Key"]).removeprefix(own)
+                yield StoredObject(key, int(found["Size"]), found["LastModified"])
 
     async def _delete_keys(self, keys: list[str]) -> int:
         if self._one_by_one:

@@ -1,5 +1,11 @@
 """Recording dead letters: every message any ESS queue gave up on, with its reason, and on the
-request it belongs to when that can be told."""
+request it belongs to when that can be told.
+
+Whatever the bytes of a body or a header, the row is written: text PostgreSQL cannot hold (a
+NUL byte, invalid UTF-8) is escaped (`\x00`, `\xff`). A refused message (unsigned or forged,
+`x-ess-refused`) is recorded only: what it says, a request it names, is not believed, so no
+request is touched.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ess_common.db import history
 from ess_common.db.models import DeadLetter, Request, RequestEventKind
-from ess_common.messaging.bus import QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, Delivery
+from ess_common.messaging.bus import (
+    QUEUE_HEADER,
+    REASON_HEADER,
+    REFUSED_HEADER,
+    ROUTING_KEY_HEADER,
+    Delivery,
+)
 
 log = structlog.get_logger("ess.dead_letters")
+
+
+def escaped(value: object, limit: int) -> str:
+    """Text any database holds: invalid UTF-8 and NUL bytes escaped, at most `limit` long."""
+    text = (
+        value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
+    )
+    # A lone surrogate (a header decoded with surrogateescape) is no UTF-8 either.
+    text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")[:limit]
+
+
+def _refused(delivery: Delivery) -> bool:
+    return delivery.headers.get(REFUSED_HEADER) in ("1", b"1")
 
 
 def _request_id(body: bytes) -> str | None:
@@ -51,21 +77,23 @@ def _server_reason(headers: Mapping[str, Any]) -> str | None:
 
 async def record_dead_letter(session: AsyncSession, delivery: Delivery) -> None:
     headers = delivery.headers
-    reason = _text(headers.get(REASON_HEADER)) or _server_reason(headers) or "no reason given"
-    queue = (
-        _text(headers.get(QUEUE_HEADER))
-        or _text(headers.get("x-first-death-queue"))
-        or delivery.routing_key
+    reason = escaped(
+        headers.get(REASON_HEADER) or _server_reason(headers) or "no reason given", 4000
     )
-    request_id = _request_id(delivery.body)
+    queue = escaped(
+        headers.get(QUEUE_HEADER) or headers.get("x-first-death-queue") or delivery.routing_key,
+        255,
+    )
+    refused = _refused(delivery)
+    request_id = None if refused else _request_id(delivery.body)
     request = await session.get(Request, request_id) if request_id else None
     session.add(
         DeadLetter(
             queue=queue,
-            routing_key=str(delivery.headers.get(ROUTING_KEY_HEADER) or ""),
+            routing_key=escaped(headers.get(ROUTING_KEY_HEADER) or "", 255),
             reason=reason,
             request_id=request.id if request else None,
-            body=delivery.body.decode("utf-8", errors="replace")[:100_000],
+            body=escaped(delivery.body, 100_000),
         )
     )
     if request is not None:
@@ -73,4 +101,6 @@ async def record_dead_letter(session: AsyncSession, delivery: Delivery) -> None:
         history.record(
             session, request.id, RequestEventKind.DEAD_LETTER, detail=f"{queue}: {reason}"
         )
-    log.warning("dead_letter.recorded", queue=queue, reason=reason, request_id=request_id)
+    log.warning(
+        "dead_letter.recorded", queue=queue, reason=reason, request_id=request_id, refused=refused
+    )

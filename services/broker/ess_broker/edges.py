@@ -5,9 +5,15 @@ what it would evict (cached inputs and pulled-through range files nothing pins),
 the room a new file can have. An operator's drain or disable outlives heartbeats; a lost edge
 that heartbeats again is alive, for new work only (its old files were moved, and results of
 their old attempts count for nothing).
+
+An edge is lost after `edge_lost_after_s` without a heartbeat recorded, counting only the time
+the head could record them (`RecordingWindow`): after a database outage, or a broker that was
+down, live edges have a full period to be heard again before any is declared lost.
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +23,29 @@ from ess_common.db.models import Edge, EdgeStatus, utcnow
 from ess_common.events import EdgeHeartbeat
 
 log = structlog.get_logger("ess.edges")
+
+
+class RecordingWindow:
+    """Since when the head has been able to record heartbeats without a break."""
+
+    def __init__(self) -> None:
+        self.since: datetime | None = None
+
+    def recorded(self, at: datetime) -> None:
+        """The database answered at `at`: the window goes on (or opens)."""
+        if self.since is None:
+            self.since = at
+            log.info("edges.heartbeats_recordable", since=at.isoformat())
+
+    def broken(self) -> None:
+        """The database did not answer: heartbeats may be going unrecorded."""
+        if self.since is not None:
+            log.warning("edges.heartbeats_unrecordable")
+        self.since = None
+
+    def can_tell_lost(self, now: datetime, lost_after: timedelta) -> bool:
+        """Whether silence of `lost_after` could have been heard: the window is that long."""
+        return self.since is not None and now - self.since >= lost_after
 
 
 def _apply(edge: Edge, beat: EdgeHeartbeat) -> None:

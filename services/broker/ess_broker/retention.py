@@ -76,6 +76,10 @@ class RangeRetention:
         self._given = store
         self._own: ObjectStore | None = None
 
+    async def store(self) -> ObjectStore:
+        """The store the broker deletes range objects from, started on first use."""
+        return await self._store()
+
     async def _store(self) -> ObjectStore:
         if self._given is not None:
             return self._given

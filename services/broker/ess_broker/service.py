@@ -4,7 +4,8 @@ Consumes `request.created`, `edge.heartbeat`, the edges' results (`file.cached.*
 `split.done.*`, `file.failed.*`, and `range.split.*` of on-demand splits) and every dead
 letter; produces `file.assigned.<edge>`, `request.ready` and `request.failed` through the
 outbox. A periodic sweep marks silent edges
-lost, moves their work and assigns what is pending. Once edge tokens are configured, a
+lost (counting only time heartbeats could be recorded), moves their work and assigns what is
+pending. Once edge tokens are configured, a
 heartbeat or result without a valid edge signature is dead-lettered, never handled.
 """
 
@@ -15,17 +16,20 @@ import uuid
 from datetime import timedelta
 
 import structlog
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ess_broker.assignment import assign_pending, reclaim_lost_edges
 from ess_broker.bookkeeping import handle_file_cached, handle_file_failed, handle_split_done
 from ess_broker.dead_letters import record_dead_letter
-from ess_broker.edges import handle_heartbeat
+from ess_broker.edges import RecordingWindow, handle_heartbeat
 from ess_broker.on_demand import handle_range_split
+from ess_broker.orphans import OrphanSweeper
 from ess_broker.retention import RangeRetention
+from ess_broker.stuck import sweep_stuck
 from ess_common import metrics
 from ess_common.catalogue import Catalogue
-from ess_common.db.models import Request
+from ess_common.db.models import Request, utcnow
 from ess_common.db.requests import as_spec, record_request
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import Forbidden
@@ -48,6 +52,7 @@ from ess_common.messaging.bus import (
 )
 from ess_common.messaging.handlers import flush_quietly, transactional
 from ess_common.messaging.outbox import OutboxRelay
+from ess_common.outages import is_outage
 from ess_common.runtime import every
 from ess_common.settings import HeadSettings
 
@@ -72,7 +77,16 @@ class Broker:
         self.sessions = sessions
         self.relay = OutboxRelay(sessions, bus)
         self.lost_after = timedelta(seconds=settings.edge_lost_after_s)
+        self.stuck_after = timedelta(seconds=settings.stuck_after_s)
+        #: Since when heartbeats could be recorded: only that time counts toward lost edges.
+        self.recording = RecordingWindow()
         self.retention = RangeRetention(settings, sessions)
+        self.orphans = OrphanSweeper(
+            sessions,
+            self.retention.store,
+            timedelta(seconds=settings.orphan_grace_s),
+            timedelta(seconds=settings.orphan_sweep_interval_s),
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def handle_request_created(self, session: AsyncSession, event: RequestCreated) -> None:
@@ -136,14 +150,35 @@ class Broker:
 
     async def sweep(self) -> None:
         # Separate transactions: the edge rows locked to reclaim are not held while assigning.
-        async with unit_of_work(self.sessions) as session:
-            await reclaim_lost_edges(session, self.lost_after)
+        await self.reclaim()
+        # Only once the head has watched for as long: no request is stuck for an outage.
+        if self.recording.can_tell_lost(utcnow(), self.stuck_after):
+            async with unit_of_work(self.sessions) as session:
+                await sweep_stuck(session, self.stuck_after, self.settings.stuck_max_drives)
         async with unit_of_work(self.sessions) as session:
             await assign_pending(session, self.lost_after, max_queued=self.settings.edge_max_queued)
         await flush_quietly(self.relay)
         await self.retention.sweep()
+        await self.orphans.maybe_sweep()
         for queue in self.queues:
             metrics.QUEUE_MESSAGES.labels(queue).set(await self.bus.depth(queue))
+
+    async def reclaim(self) -> None:
+        """Mark silent edges lost, once heartbeats could have been recorded for a whole
+        `edge_lost_after_s`."""
+        now = utcnow()
+        can_tell = self.recording.can_tell_lost(now, self.lost_after)
+        try:
+            async with unit_of_work(self.sessions) as session:
+                if can_tell:
+                    await reclaim_lost_edges(session, self.lost_after)
+                else:
+                    await session.execute(text("SELECT 1"))
+        except Exception as exc:
+            if is_outage(exc):
+                self.recording.broken()
+            raise
+        self.recording.recorded(now)
 
     @property
     def queues(self) -> list[str]:

@@ -1,4 +1,9 @@
-"""Running the edge's workers (precacher, splitter) as child processes, restarted on exit."""
+"""Running the edge's workers (precacher, splitter) as child processes, restarted on exit.
+
+The children die with the edge's main process, however it ends (`kill -9` included): each asks
+the kernel for SIGKILL when its parent dies (`ess_common.parent_death`), so no worker is left
+consuming the edge's queues on its own.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import structlog
+
+from ess_common.parent_death import before_exec
 
 log = structlog.get_logger("ess.edge.supervisor")
 
@@ -34,7 +41,9 @@ class Child:
     async def _keep_running(self) -> None:
         delay = 1.0
         while not self._stopping:
-            self.process = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, preexec_fn=before_exec()
+            )
             if self.niceness:
                 # Before the child starts its own threads, which inherit it.
                 with contextlib.suppress(OSError):

@@ -75,7 +75,7 @@ class RequestEventView(Answer):
     at: datetime
     kind: str = Field(
         description="received, assigned, cached, split, retried, moved, file_failed, ready, "
-        "failed, cancelled, retry_requested, notified, notification_failed, dead_letter"
+        "failed, cancelled, retry_requested, notified, notification_failed, dead_letter, driven"
     )
     file_id: int | None
     edge: str | None
