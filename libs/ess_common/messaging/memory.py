@@ -110,10 +110,8 @@ class MemoryBus:
         q = self._queues.get(queue)
         if q is None:
             raise Unroutable(f"queue {queue!r} does not exist: not sent")
-        given = dict(headers)
-        key = str(given.get(ROUTING_KEY_HEADER) or "")
-        attempt = int(str(given.get(ATTEMPT_HEADER) or 1))
-        q.items.put_nowait(Delivery(queue, key, body, given, attempt))
+        # The consumer reads the envelope (routing key, attempt) from the headers.
+        q.items.put_nowait(Delivery(queue, "", body, dict(headers)))
 
     async def declare(self, queue: str, bindings: Sequence[str]) -> None:
         self._bind(queue, self.exchange, bindings)
