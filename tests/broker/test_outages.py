@@ -157,8 +157,9 @@ async def test_live_edges_are_not_lost_for_a_database_outage(
             await publish_event(bus, heartbeat("edge-a"))
             await asyncio.sleep(0.2)
 
-    beats = asyncio.create_task(beat())
+    # Heartbeats once the broker's queue is there: a message nobody takes is not sent.
     await broker.start()
+    beats = asyncio.create_task(beat())
     try:
         spec = request_spec("edge-outage", n_files=1)
         await bus.publish("request.created", spec.model_dump_json().encode())
