@@ -313,6 +313,12 @@ class EdgeSettings(EssSettings):
             raise ValueError("ESS_RUCIO_SUBSCRIBE needs ESS_RUCIO_URL and ESS_RUCIO_RSE")
         return self
 
+    @field_validator("edge_token", mode="before")
+    @classmethod
+    def _no_token(cls, value: object) -> object:
+        # ESS_EDGE_TOKEN= (empty, as a deployment template leaves it before enrollment): none.
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _token_of_this_edge(self) -> EdgeSettings:
         if self.edge_token is not None:
