@@ -23,10 +23,6 @@ from ess_edge.heartbeat import send_heartbeat
 from tests.broker.factories import heartbeat, split_done
 from tests.helpers import eventually
 
-# PostgreSQL only: on SQLite with RabbitMQ, stopping the broker right after these short tests
-# now and then hangs in the broker's own shutdown, whatever the enrollment does.
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-
 
 async def dead_letters(sessions: SessionMaker, n: int) -> list[str]:
     async def enough() -> list[str]:
