@@ -46,6 +46,7 @@ from benchmarks.machine import describe_machine
 from ess_broker.assignment import assign_pending
 from ess_broker.edges import handle_heartbeat
 from ess_broker.placement import Candidate, choose_edge
+from ess_common.db import enrollments
 from ess_common.db.migrate import upgrade
 from ess_common.db.requests import record_request
 from ess_common.db.session import make_engine, make_session_maker, unit_of_work
@@ -164,6 +165,8 @@ async def _assign_all(url: str, database: str, n_files: int, n_edges: int) -> As
         async with unit_of_work(sessions) as session:
             await record_request(session, spec)
             for i in range(n_edges):
+                # Only enrolled edges are given work.
+                await enrollments.enroll(session, f"edge-{i:02d}")
                 await handle_heartbeat(session, _heartbeat(f"edge-{i:02d}"))
         assigned, start = 0, time.perf_counter()
         while True:

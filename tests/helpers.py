@@ -15,6 +15,8 @@ from typing import TypeVar, overload
 
 # The one helper for a free port, the embedded mode's own: tests take it from here.
 from ess_cli.embedded import free_port as free_port
+from ess_common.db import enrollments
+from ess_common.db.session import make_engine, make_session_maker, unit_of_work
 from ess_common.store.s3 import S3Store
 
 T = TypeVar("T")
@@ -132,3 +134,14 @@ def local_servers_allowed() -> dict[str, str]:
         "ESS_CALLBACK_NETWORKS": "127.0.0.0/8,::1/128",
         "ESS_SOURCE_FILE_ROOTS": ",".join(roots),
     }
+
+
+async def enroll(db_url: str, edge: str) -> str:
+    """Enroll the edge in the database at `db_url` (as the head's admin route does); returns
+    its token."""
+    engine = make_engine(db_url)
+    try:
+        async with unit_of_work(make_session_maker(engine)) as session:
+            return await enrollments.enroll(session, edge)
+    finally:
+        await engine.dispose()

@@ -1,6 +1,7 @@
 """The embedded mode: head API, broker, notifier and edges in one process, on SQLite, an
 in-process bus and a local directory as object store. The same classes as the separate
-services, wired together here; nothing is faked. Each edge serves pilots on a local port of its
+services, wired together here; nothing is faked: each edge is enrolled at start and uses its
+token. Each edge serves pilots on a local port of its
 own (lookups, range files, on-demand splits), as a deployed edge does.
 """
 
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from pydantic import SecretStr
 
 from ess_broker.service import Broker
 from ess_common.cache_space import CacheSpace
+from ess_common.db import enrollments
 from ess_common.db.migrate import upgrade
-from ess_common.db.session import make_engine, make_session_maker
+from ess_common.db.session import make_engine, make_session_maker, unit_of_work
 from ess_common.messaging.memory import MemoryBus
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.rucio import make_catalogue
@@ -99,6 +102,7 @@ class Embedded:
 
     async def start(self) -> None:
         await upgrade(self.head.database_url, self.engine)
+        await self._enroll_edges()
         await self.bus.start()
         await self.store.start()
         self._stack.push_async_callback(self.engine.dispose)
@@ -145,6 +149,16 @@ class Embedded:
                         return
                 await asyncio.sleep(0.05)
         raise RuntimeError(f"the embedded head API did not answer at {self.url}")
+
+    async def _enroll_edges(self) -> None:
+        """Each edge enrolled, as an operator would, and given its token: the broker hears no
+        edge that is not."""
+        async with unit_of_work(self.sessions) as session:
+            tokens = [await enrollments.enroll(session, e.edge_name) for e in self.edges]
+        self.edges = [
+            e.model_copy(update={"edge_token": SecretStr(token)})
+            for e, token in zip(self.edges, tokens, strict=True)
+        ]
 
     async def wait(self) -> None:
         """Until the API server stops (Ctrl-C)."""

@@ -149,6 +149,14 @@ class HeadClient:
         found: dict[str, Any] = self.call("POST", f"/v1/edges/{quote(name, safe='')}/{action}")
         return found
 
+    def enroll_edge(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.call("POST", f"/v1/edges/{quote(name, safe='')}/enroll")
+        return found
+
+    def revoke_edge(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.call("DELETE", f"/v1/edges/{quote(name, safe='')}/enrollment")
+        return found
+
     def cancel(self, request_id: str, reason: str | None) -> dict[str, Any]:
         body = {"reason": reason} if reason else None
         found: dict[str, Any] = self.call(

@@ -1,5 +1,6 @@
 """The operator's commands: `ess requests`, `ess request ID`, `ess edges`,
-`ess edge drain|enable|disable NAME`, `ess cancel ID`, `ess retry ID`, `ess dead-letters`.
+`ess edge enroll|revoke|drain|enable|disable NAME`, `ess cancel ID`, `ess retry ID`,
+`ess dead-letters`.
 
 Each talks to the head API (`--head`, else `ESS_HEAD_URL`) with a token (`--token`, else
 `ESS_TOKEN`); shows tables and progress bars on a terminal, or the head's JSON with `--json`;
@@ -238,6 +239,19 @@ def _edges(head: HeadClient, args: argparse.Namespace, out: Console) -> Any:
 
 
 def _edge(head: HeadClient, args: argparse.Namespace, out: Console) -> Any:
+    if args.action == "enroll":
+        enrolled = head.enroll_edge(args.name)
+        if not args.json:
+            out.print(
+                f"edge {enrolled['edge']} is enrolled; its token (ESS_EDGE_TOKEN), shown once:"
+            )
+            out.print(enrolled["token"], soft_wrap=True, highlight=False)
+        return enrolled
+    if args.action == "revoke":
+        revoked = head.revoke_edge(args.name)
+        if not args.json:
+            out.print(f"edge {revoked['edge']}: enrollment revoked")
+        return revoked
     edge = head.edge_action(args.name, args.action)
     if not args.json:
         out.print(f"edge {edge['name']} is {edge['status']}")
@@ -287,8 +301,8 @@ def add_commands(commands: Any) -> None:
     one.add_argument("id")
     one.add_argument("--watch", action="store_true", help="follow it until it is finished")
     command("edges", _edges, "the edges, their state, heartbeats and caches")
-    edge = command("edge", _edge, "drain, enable or disable an edge (admin)")
-    edge.add_argument("action", choices=["drain", "enable", "disable"])
+    edge = command("edge", _edge, "enroll, revoke, drain, enable or disable an edge (admin)")
+    edge.add_argument("action", choices=["enroll", "revoke", "drain", "enable", "disable"])
     edge.add_argument("name")
     cancel = command("cancel", _cancel, "cancel a request")
     cancel.add_argument("id")

@@ -23,6 +23,7 @@ from ess_common.errors import PermanentError
 from ess_common.events import Event, FileAssigned, FileCached, FileFailed
 from ess_common.messaging.bus import Bus, Delivery, Handler, publish_event
 from ess_common.messaging.handlers import parse_for
+from ess_common.work_guard import WorkGuard
 
 log = structlog.get_logger("ess.edge_work")
 
@@ -95,6 +96,7 @@ def work_handler(
     edge_token: SecretStr | None = None,
     cancelled: CancelledRequests | None = None,
     dropped: Callable[[W], None] | None = None,
+    guard: WorkGuard | None = None,
 ) -> Handler:
     """`edge_token` signs what the handler publishes, so that the broker knows it is ours.
 
@@ -102,6 +104,8 @@ def work_handler(
     as the edge's children with its environment, and must sign like it even where their
     caller does not pass the token. Work of a request in `cancelled` is acknowledged unworked
     (`dropped` is told, to release what the work held) and nothing is published for it.
+    With a `guard`, work the head did not sign for this edge is refused and work of an
+    assignment that moved on is dropped the same way (`ess_common.work_guard`).
     """
     if edge_token is None and os.environ.get("ESS_EDGE_TOKEN"):
         edge_token = SecretStr(os.environ["ESS_EDGE_TOKEN"])
@@ -109,6 +113,10 @@ def work_handler(
     async def handle(delivery: Delivery) -> None:
         event = parse_for(delivery, accepted)
         assert isinstance(event, accepted)
+        if guard is not None and not await guard.admit(delivery, event):
+            if dropped is not None:
+                dropped(event)
+            return
         if cancelled is not None and event.work.request_id in cancelled:
             log.info("work.dropped", stage=stage, request_id=event.work.request_id)
             if dropped is not None:

@@ -45,12 +45,24 @@ async def every(interval_s: float, work: Callable[[], Awaitable[object]], name: 
         try:
             await work()
         except Exception as exc:
-            if is_outage(exc):
+            if _stopping():
+                pass
+            elif is_outage(exc):
                 log.warning("periodic.outage", work=name, reason=f"{type(exc).__name__}: {exc}")
                 metrics.OUTAGE_RETRIES.labels(f"periodic:{name}").inc()
             else:
                 log.exception("periodic.failed", work=name)
+        if _stopping():
+            # Cancelled mid-round, the cancellation turned into another error on its way out
+            # (a channel closing under it) and was caught inside the work: the loop ends all
+            # the same, or whoever stops it would wait forever.
+            raise asyncio.CancelledError
         await asyncio.sleep(interval_s)
+
+
+def _stopping() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 Action = Callable[[], Awaitable[object]]

@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ess_common import enrollment
 from ess_common.source_access import SourceAccess
 from ess_common.url_policy import UrlPolicy, parse_networks
 
@@ -334,7 +335,9 @@ class EdgeSettings(EssSettings):
     edge_pin_ttl_s: float = Field(default=6 * 3600.0, gt=0)
     #: How long the edge answers lookups from the dataset information it fetched from the head.
     edge_lookup_ttl_s: float = Field(default=30.0, gt=0)
-    #: This edge's token (one of the head's `edge` tokens): signs its heartbeats and results.
+    #: This edge's credential, from its enrollment at the head (`ess edge enroll NAME`): signs
+    #: its heartbeats and results, checks the work the head signs for it, and is its bearer
+    #: token at the head. The broker hears no edge without one.
     edge_token: SecretStr | None = None
     #: On-demand splits (ranges a pilot asks for that no request prepared) this edge runs at
     #: once, each in its own process; an ask past them is answered 503 at once.
@@ -384,6 +387,23 @@ class EdgeSettings(EssSettings):
     def _subscription(self) -> EdgeSettings:
         if self.rucio_subscribe and not (self.rucio_url and self.rucio_rse):
             raise ValueError("ESS_RUCIO_SUBSCRIBE needs ESS_RUCIO_URL and ESS_RUCIO_RSE")
+        return self
+
+    @field_validator("edge_token", mode="before")
+    @classmethod
+    def _no_token(cls, value: object) -> object:
+        # ESS_EDGE_TOKEN= (empty, as a deployment template leaves it before enrollment): none.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _token_of_this_edge(self) -> EdgeSettings:
+        if self.edge_token is not None:
+            named = enrollment.edge_of(self.edge_token.get_secret_value())
+            if named != self.edge_name:
+                raise ValueError(
+                    f"ESS_EDGE_TOKEN is not a token of edge {self.edge_name} (enrolled with "
+                    f"`ess edge enroll {self.edge_name}`)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ess_broker.edges import handle_heartbeat
+from ess_common.db import enrollments
 from ess_common.db.models import Base, Edge, File, OutboxMessage, utcnow
 from ess_common.db.session import SessionMaker
 from ess_common.events import (
@@ -163,3 +165,11 @@ async def age_heartbeat(session: AsyncSession, edge: str, by: timedelta) -> None
     await session.execute(
         update(Edge).where(Edge.name == edge).values(last_heartbeat=utcnow() - by)
     )
+
+
+async def beat_enrolled(session: AsyncSession, beat: EdgeHeartbeat) -> None:
+    """The heartbeat handled as the broker does once the edge's signature was checked: the
+    edge is enrolled first (only enrolled edges are heard and given work)."""
+    if await enrollments.key_of(session, beat.edge) is None:
+        await enrollments.enroll(session, beat.edge)
+    await handle_heartbeat(session, beat)

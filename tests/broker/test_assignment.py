@@ -15,7 +15,6 @@ from sqlalchemy.sql.dml import Update
 
 from ess_broker.assignment import assign_pending, reclaim_lost_edges
 from ess_broker.bookkeeping import handle_file_cached, handle_split_done
-from ess_broker.edges import handle_heartbeat
 from ess_common.db.models import (
     Edge,
     EdgeStatus,
@@ -32,6 +31,7 @@ from tests.broker.factories import (
     GiB,
     age_heartbeat,
     assigned_work,
+    beat_enrolled,
     count,
     file_cached,
     files,
@@ -53,7 +53,7 @@ async def submit(sessions: SessionMaker, key: str = "task-1", **changes: Any) ->
 
 async def beat(sessions: SessionMaker, edge: str, **changes: Any) -> None:
     async with unit_of_work(sessions) as session:
-        await handle_heartbeat(session, heartbeat(edge, **changes))
+        await beat_enrolled(session, heartbeat(edge, **changes))
 
 
 async def assign(sessions: SessionMaker) -> int:
@@ -212,7 +212,7 @@ async def test_an_edge_whose_clock_runs_behind_stays_alive(sessions: SessionMake
 
     for free in (GiB, 2 * GiB):
         async with unit_of_work(sessions) as session:
-            await handle_heartbeat(session, skewed(free))
+            await beat_enrolled(session, skewed(free))
     async with sessions() as session:
         edge = await session.get(Edge, "edge-late-clock")
         assert edge is not None and edge.free_bytes == 2 * GiB
@@ -221,7 +221,7 @@ async def test_an_edge_whose_clock_runs_behind_stays_alive(sessions: SessionMake
     async with unit_of_work(sessions) as session:
         assert await reclaim_lost_edges(session, LOST_AFTER) == ["edge-late-clock"]
     async with unit_of_work(sessions) as session:
-        await handle_heartbeat(session, skewed(3 * GiB))
+        await beat_enrolled(session, skewed(3 * GiB))
     assert await edge_status(sessions, "edge-late-clock") == EdgeStatus.ALIVE
     await submit(sessions, n_files=2)
     assert await assign(sessions) == 2

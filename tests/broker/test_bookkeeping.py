@@ -11,7 +11,6 @@ from sqlalchemy import select
 
 from ess_broker.assignment import assign_pending
 from ess_broker.bookkeeping import handle_file_cached, handle_file_failed, handle_split_done
-from ess_broker.edges import handle_heartbeat
 from ess_common.db.models import File, FileStatus, Range, Request, RequestStatus
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
@@ -24,6 +23,7 @@ from ess_common.events import (
     parse_event,
 )
 from tests.broker.factories import (
+    beat_enrolled,
     count,
     file_cached,
     file_failed,
@@ -45,7 +45,7 @@ async def assigned(sessions: SessionMaker) -> list[FileWork]:
     """A request of three files of 250 events (100 per range), each assigned to `edge-a`."""
     async with unit_of_work(sessions) as session:
         await record_request(session, request_spec("task-7"))
-        await handle_heartbeat(session, heartbeat("edge-a"))
+        await beat_enrolled(session, heartbeat("edge-a"))
     await reassign(sessions)
     works = await latest_work(sessions)
     return [works[file_id] for file_id in sorted(works)]

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from ess_broker.service import Broker
+from ess_common.db import enrollments
 from ess_common.db.models import DeadLetter, Edge, File, FileStatus, Range, Request, RequestStatus
-from ess_common.db.session import SessionMaker
+from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import FileAssigned, FileWork, RequestCreated, RequestReady, parse_event
 from ess_common.messaging.bus import Bus, Delivery, publish_event
 from ess_common.settings import HeadSettings
@@ -54,19 +56,29 @@ async def start_broker(sessions: SessionMaker, bus: Bus) -> AsyncIterator[StartB
 
 @dataclass
 class FakeEdge:
-    """Answers each `file.assigned` as an edge's precacher and splitter would."""
+    """Answers each `file.assigned` as an edge's precacher and splitter would; heartbeats for
+    the edges it plays, each enrolled first, and signs their messages."""
 
     bus: Bus
+    sessions: SessionMaker
     work: list[FileWork] = field(default_factory=list)
     routing_keys: list[str] = field(default_factory=list)
+    tokens: dict[str, SecretStr] = field(default_factory=dict)
+
+    async def beat(self, name: str) -> None:
+        if name not in self.tokens:
+            async with unit_of_work(self.sessions) as session:
+                self.tokens[name] = SecretStr(await enrollments.enroll(session, name))
+        await publish_event(self.bus, heartbeat(name), signed_with=self.tokens[name])
 
     async def __call__(self, delivery: Delivery) -> None:
         event = parse_event(delivery.body)
         assert isinstance(event, FileAssigned), event
         self.work.append(event.work)
         self.routing_keys.append(delivery.routing_key)
-        await publish_event(self.bus, file_cached(event.work))
-        await publish_event(self.bus, split_done(event.work))
+        token = self.tokens[event.work.edge]
+        await publish_event(self.bus, file_cached(event.work), signed_with=token)
+        await publish_event(self.bus, split_done(event.work), signed_with=token)
 
 
 @dataclass
@@ -84,9 +96,11 @@ class ReadySeen:
         return [e for e in self.events if e.request_id == request_id]
 
 
-async def watch(bus: Bus, unique: UniqueNames) -> tuple[FakeEdge, ReadySeen]:
+async def watch(
+    bus: Bus, unique: UniqueNames, sessions: SessionMaker
+) -> tuple[FakeEdge, ReadySeen]:
     """The edge and the `request.ready` watcher, consuming before anything is published."""
-    edge, ready = FakeEdge(bus), ReadySeen()
+    edge, ready = FakeEdge(bus, sessions), ReadySeen()
     await bus.consume(unique("edge"), ["file.assigned.*"], edge)
     await bus.consume(unique("ready"), ["request.ready"], ready)
     return edge, ready
@@ -124,10 +138,10 @@ async def wait_ready(sessions: SessionMaker, ready: ReadySeen, key: str) -> Requ
 async def test_a_request_is_assigned_split_and_announced_ready(
     sessions: SessionMaker, bus: Bus, unique: UniqueNames, start_broker: StartBroker
 ) -> None:
-    edge, ready = await watch(bus, unique)
+    edge, ready = await watch(bus, unique, sessions)
     await start_broker()
-    await publish_event(bus, heartbeat("edge-a"))
-    await publish_event(bus, heartbeat("edge-b"))
+    await edge.beat("edge-a")
+    await edge.beat("edge-b")
     # Heartbeats and requests are separate queues: the request waits for both edges to be known.
     await eventually(
         lambda: edges_known(sessions, {"edge-a", "edge-b"}), message="both edges registered"
@@ -157,7 +171,7 @@ async def test_a_request_is_assigned_split_and_announced_ready(
 async def test_a_resubmitted_request_is_the_same_request(
     sessions: SessionMaker, bus: Bus, unique: UniqueNames, start_broker: StartBroker
 ) -> None:
-    edge, ready = await watch(bus, unique)
+    edge, ready = await watch(bus, unique, sessions)
     # One sweep at the start, then none for the test: only the broker's handling of a
     # `request.created` assigns files, so the work seen proves the resubmission was handled.
     await start_broker(sweep_interval_s=3600)
@@ -166,7 +180,7 @@ async def test_a_resubmitted_request_is_the_same_request(
         lambda: request_in(sessions, "task-again", RequestStatus.RECEIVED), message="recorded"
     )
     assert pending is not None
-    await publish_event(bus, heartbeat("edge-a"))
+    await edge.beat("edge-a")
 
     async def edge_known() -> Edge | None:
         async with sessions() as session:
@@ -203,9 +217,9 @@ async def test_a_resubmitted_request_is_the_same_request(
 async def test_a_malformed_request_is_dead_lettered_and_the_next_one_completes(
     sessions: SessionMaker, bus: Bus, unique: UniqueNames, start_broker: StartBroker
 ) -> None:
-    _, ready = await watch(bus, unique)
+    edge, ready = await watch(bus, unique, sessions)
     await start_broker()
-    await publish_event(bus, heartbeat("edge-a"))
+    await edge.beat("edge-a")
     await bus.publish("request.created", b"{this is not json")
     invalid = created("task-bad").model_dump(mode="json")
     invalid["events_per_range"] = 0
@@ -235,9 +249,9 @@ async def test_requests_from_panda_with_any_correlation_id_are_recorded(
 ) -> None:
     # The envelope's correlation id is PanDA's to choose: a UUID names the request when no
     # other request has it; a shared or long one must not keep a request from being recorded.
-    _, ready = await watch(bus, unique)
+    edge, ready = await watch(bus, unique, sessions)
     await start_broker()
-    await publish_event(bus, heartbeat("edge-a"))
+    await edge.beat("edge-a")
     chosen = str(uuid.uuid4())
     shared = "jedi-12164365-panda-server-correlation-0001"
     for key, correlation_id in [

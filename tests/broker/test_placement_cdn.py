@@ -14,7 +14,6 @@ from sqlalchemy.sql.dml import Update
 
 from ess_broker.assignment import assign_pending, reclaim_lost_edges
 from ess_broker.bookkeeping import handle_file_cached, handle_split_done
-from ess_broker.edges import handle_heartbeat
 from ess_broker.placement import Candidate, choose_edge, replica_places
 from ess_common.db.models import Edge, EdgeStatus, File, FileStatus
 from ess_common.db.requests import record_request
@@ -22,6 +21,7 @@ from ess_common.db.session import SessionMaker, unit_of_work
 from tests.broker.factories import (
     age_heartbeat,
     assigned_work,
+    beat_enrolled,
     file_cached,
     files,
     heartbeat,
@@ -41,7 +41,7 @@ async def submit(sessions: SessionMaker, key: str, **changes: Any) -> str:
 
 async def beat(sessions: SessionMaker, edge: str, **changes: Any) -> None:
     async with unit_of_work(sessions) as session:
-        await handle_heartbeat(session, heartbeat(edge, **changes))
+        await beat_enrolled(session, heartbeat(edge, **changes))
 
 
 async def assign(sessions: SessionMaker, **options: Any) -> int:
@@ -174,7 +174,7 @@ async def test_what_an_edge_could_evict_counts_as_room(sessions: SessionMaker) -
         update={"evictable_bytes": 4000, "latitude": 46.2, "longitude": 6.1}
     )
     async with unit_of_work(sessions) as session:
-        await handle_heartbeat(session, beat_with)
+        await beat_enrolled(session, beat_with)
     row = await edge_row(sessions, "edge-a")
     assert (row.free_bytes, row.latitude, row.longitude) == (5000, 46.2, 6.1)
 

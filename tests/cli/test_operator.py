@@ -128,6 +128,22 @@ async def test_edges_are_listed_and_drained_enabled_disabled(ess: Ess) -> None:
     assert edges["edge-1"]["status"] == "disabled" and edges["edge-2"]["status"] == "alive"
 
 
+async def test_an_edge_is_enrolled_with_a_token_shown_once_and_revoked(ess: Ess) -> None:
+    enrolled = await ess.ess("edge", "enroll", "edge-9", "--json")
+    assert enrolled.code == Exit.OK, enrolled.stderr
+    token = enrolled.json()["token"]
+    assert enrolled.json()["edge"] == "edge-9" and token.startswith("edge-9.")
+    again = await ess.ess("edge", "enroll", "edge-9")
+    assert again.code == Exit.OK, again.stderr
+    assert "shown once" in again.stdout and "edge-9." in again.stdout and token not in again.stdout
+    refused = await ess.ess("edge", "enroll", "edge-9", "--json", token=PANDA)
+    assert refused.code == Exit.REFUSED
+    revoked = await ess.ess("edge", "revoke", "edge-9", "--json")
+    assert revoked.code == Exit.OK, revoked.stderr
+    assert revoked.json() == {"edge": "edge-9", "revoked": True}
+    assert (await ess.ess("edge", "revoke", "edge-9")).code == Exit.NOT_FOUND
+
+
 async def test_cancel_retry_and_dead_letters(ess: Ess, tmp_path: Path) -> None:
     # A source that is not there: the file fails on every edge, and the request with it.
     missing = tmp_path / "missing.root"

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ import aio_pika
 import httpx
 from aiohttp import web
 
-from tests.helpers import S3Settings, eventually, free_port, local_servers_allowed
+from tests.helpers import S3Settings, enroll, eventually, free_port, local_servers_allowed
 
 if TYPE_CHECKING:
     from tests.conftest import AmqpServer
@@ -61,6 +62,8 @@ class Cluster:
     env: dict[str, str]
     services: dict[str, Service] = field(default_factory=dict)
     edge_ports: dict[str, int] = field(default_factory=dict)
+    #: Each edge's token, from its enrollment (once per cluster: a restart keeps it).
+    edge_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def head_url(self) -> str:
@@ -90,6 +93,7 @@ class Cluster:
         port = self.edge_ports.setdefault(name, free_port())
         settings = {
             "ESS_EDGE_NAME": name,
+            "ESS_EDGE_TOKEN": self.edge_token(name),
             "ESS_EDGE_CACHE_DIR": str(self.edge_cache(name)),
             "ESS_EDGE_SITE": f"site-{name}",
             "ESS_EDGE_REGION": "region-1",
@@ -98,6 +102,16 @@ class Cluster:
             **extra,
         }
         return self.start(name, "ess_edge", **settings)
+
+    def edge_token(self, name: str) -> str:
+        """The edge's token: enrolled in the cluster's database, as `ess edge enroll` does
+        through the head, so that an edge can start before the head answers."""
+        if name not in self.edge_tokens:
+            url = self.env["ESS_DATABASE_URL"]
+            # The caller's event loop runs in this thread: the enrollment gets one of its own.
+            with ThreadPoolExecutor(1) as pool:
+                self.edge_tokens[name] = pool.submit(asyncio.run, enroll(url, name)).result()
+        return self.edge_tokens[name]
 
     @property
     def edge_urls(self) -> dict[str, str]:

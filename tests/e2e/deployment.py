@@ -126,7 +126,7 @@ async def running_deployment(
         for name in EDGES:
             metrics_port = free_port()
             targets["edge"].append(f"127.0.0.1:{metrics_port}")
-            cluster.start_edge(name, ESS_METRICS_PORT=str(metrics_port), ESS_EDGE_TOKEN=EDGE_TOKEN)
+            cluster.start_edge(name, ESS_METRICS_PORT=str(metrics_port))
         await cluster.wait_healthy()
         await cluster.wait_edges(set(EDGES), token=ADMIN_TOKEN)
         dataset = make_sample_dataset(workdir / "dataset")

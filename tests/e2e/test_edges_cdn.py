@@ -32,6 +32,7 @@ from ess_broker.placement import Candidate, choose_edge
 from ess_common.checksums import adler32_of_file
 from ess_common.db.models import File, FileStatus, OutboxMessage, Range
 from ess_common.db.session import make_engine, make_session_maker
+from ess_common.store.s3 import S3Store
 from ess_pilot.client import PilotClient
 from tests.conftest import AmqpServer, PostgresServer
 from tests.e2e.cluster import Cluster, SlowFiles, cluster_env, forget
@@ -75,6 +76,7 @@ class Cdn:
     source: Path
     slow: SlowFiles
     workdir: Path
+    store: S3Store
 
     @property
     def head(self) -> str:
@@ -124,6 +126,18 @@ class Cdn:
                 await session.scalars(select(Range).where(Range.request_id == request_id))
             ).all()
         return list(files), list(ranges)
+
+    async def objects_of_other_attempts(self, request_id: str) -> list[str]:
+        """The range objects of the request's files that are not of their last attempt."""
+        files, _ = await self.rows(request_id)
+        others = []
+        for f in files:
+            prefix = f"ranges/{f.scope}/{f.lfn}/"
+            pages = self.store.client.get_paginator("list_objects_v2")
+            async for page in pages.paginate(Bucket=self.store.bucket, Prefix=prefix):
+                keys = [str(found["Key"]) for found in page.get("Contents", [])]
+                others += [k for k in keys if f"/f{f.id}.a{f.attempt}/" not in k]
+        return others
 
     async def assignments(self, request_id: str) -> list[dict[str, Any]]:
         """Every `file.assigned` the brokers wrote for the request, oldest first."""
@@ -251,7 +265,9 @@ async def cdn(
     cluster = Cluster(workdir, env)
     engine = make_engine(db_url)
     http = httpx.AsyncClient(timeout=30)
+    store = s3_settings.store(bucket)
     try:
+        await store.start()
         cluster.start("head-api", "ess_head_api")
         # Two brokers at once: they share the sweep and the requests.
         cluster.start("broker-1", "ess_broker")
@@ -260,9 +276,10 @@ async def cdn(
             cluster.start_edge(name)
         await cluster.wait_healthy()
         await cluster.wait_edges(set(EDGES))
-        yield Cdn(cluster, engine, http, source, slow, workdir)
+        yield Cdn(cluster, engine, http, source, slow, workdir, store)
     finally:
         cluster.stop_all()
+        await store.close()
         await http.aclose()
         await engine.dispose()
         await slow.stop()
@@ -379,19 +396,23 @@ async def test_an_edge_killed_mid_request_then_wiped_loses_and_duplicates_nothin
     assert edges[victim]["status"] == "lost"
 
     # Wiped while stopped and started again: it is alive for new work only. What its queues
-    # still held of the old attempts it works through; the head counts none of it.
+    # still held of its old assignments it drops unworked (the head says other edges have
+    # them now): nothing of the moved files is fetched or uploaded by it.
     shutil.rmtree(cdn.cluster.edge_cache(victim))
     cdn.cluster.start_edge(victim)
     await cdn.cluster.wait_edges({victim})
+
+    def moved_on_seen() -> bool:
+        return '"work.moved_on"' in cdn.cluster.services[victim].log.read_text()
+
+    await eventually(moved_on_seen, timeout=60, interval=0.3, message="old work dropped")
     again = cdn.lfns_for(f"NTUP.back.{uuid.uuid4().hex[:6]}", {e: 2 for e in EDGES}, EDGES)
     later = await cdn.submit(f"back-{uuid.uuid4().hex[:8]}", cdn.files("b", again))
     await cdn.wait_ready(later)
     back = await cdn.check_exactly_once(later)
     assert victim in {edge for _, edge, _ in back}
-
-    def stale_results_seen() -> bool:
-        logs = "".join(cdn.cluster.services[b].log.read_text() for b in ("broker-1", "broker-2"))
-        return '"result.stale"' in logs
-
-    await eventually(stale_results_seen, timeout=60, interval=0.3, message="stale results")
     assert await cdn.check_exactly_once(request_id) == files
+    # Only the last attempt of each file has objects: none from the victim's old ones.
+    assert await cdn.objects_of_other_attempts(request_id) == []
+    logs = "".join(cdn.cluster.services[b].log.read_text() for b in ("broker-1", "broker-2"))
+    assert '"result.stale"' not in logs

@@ -93,7 +93,7 @@ async def od(
         cluster.start("head-api", "ess_head_api")
         await cluster.wait_healthy()
         cluster.start("broker", "ess_broker")
-        cluster.start_edge(EDGE, ESS_EDGE_TOKEN=TOKENS["edge"], ESS_EDGE_ON_DEMAND_SLOTS="1")
+        cluster.start_edge(EDGE, ESS_EDGE_ON_DEMAND_SLOTS="1")
         async with httpx.AsyncClient(
             base_url=cluster.head_url,
             headers={"Authorization": f"Bearer {TOKENS['panda']}"},

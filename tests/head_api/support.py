@@ -11,18 +11,29 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 from sqlalchemy import update
 
 from ess_broker.bookkeeping import handle_split_done
+from ess_common import enrollment
 from ess_common.checksums import adler32_of_bytes
+from ess_common.db import enrollments
 from ess_common.db.models import File, FileStatus
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
-from ess_common.events import DatasetFile, FileWork, RangeInfo, RequestSpec, SplitDone
+from ess_common.events import (
+    DatasetFile,
+    FileAssigned,
+    FileWork,
+    RangeInfo,
+    RequestSpec,
+    SplitDone,
+)
 from ess_common.messaging.memory import MemoryBus
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.settings import HeadSettings
 from ess_common.store.base import ObjectStore, range_key
+from ess_common.work_guard import WorkGuard
 from ess_head_api.app import create_app
 from ess_head_api.state import HeadState
 
@@ -178,3 +189,52 @@ async def prepare(
         f = await session.get(File, file_id)
         assert f is not None and f.status == FileStatus.SPLIT
     return Prepared(work.request_id, file_id, ranges)
+
+
+@dataclass(frozen=True)
+class EdgeAtHead:
+    """An enrolled edge whose work a running head knows: what its workers check work with."""
+
+    head: Head
+    token: SecretStr
+    key: str
+    guard: WorkGuard
+
+    def signed(self, event: FileAssigned) -> dict[str, str]:
+        """The headers the broker gives the work it assigns to this edge."""
+        body = event.model_dump_json().encode()
+        signature = enrollment.sign(enrollment.downward_key(self.key), body)
+        return {enrollment.HEAD_SIGNATURE_HEADER: signature}
+
+
+@asynccontextmanager
+async def edge_work_at_head(
+    sessions: SessionMaker, store: ObjectStore, work: FileWork, *, status: FileStatus
+) -> AsyncIterator[tuple[EdgeAtHead, FileWork]]:
+    """The head records a request of the work's file, which `work.edge` (enrolled here) has at
+    `work.attempt` in `status`; yields the edge's view and the work with the head's ids."""
+    spec = RequestSpec.model_validate(
+        {
+            "dataset": f"{work.file.scope}:edge-work.{work.edge}",
+            "idempotency_key": f"edge-work-{work.edge}-{work.file.lfn}",
+            "events_per_range": work.events_per_range,
+            "files": [work.file.model_dump()],
+        }
+    )
+    async with unit_of_work(sessions) as session:
+        token = await enrollments.enroll(session, work.edge)
+        request, _ = await record_request(session, spec)
+        await session.flush()
+        file_id: int = (
+            await session.scalars(
+                update(File)
+                .where(File.request_id == request.id)
+                .values(status=status, edge=work.edge, attempt=work.attempt)
+                .returning(File.id)
+            )
+        ).one()
+        current = work.model_copy(update={"request_id": request.id, "file_id": file_id})
+    async with running_head(sessions, store) as head:
+        secret = SecretStr(token)
+        guard = WorkGuard(work.edge, secret, "http://testserver", http=head.client)
+        yield EdgeAtHead(head, secret, enrollment.key_of(token), guard), current

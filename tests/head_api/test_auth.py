@@ -19,37 +19,21 @@ from urllib.parse import quote
 import pytest
 import structlog
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import select
 
-from ess_broker.service import Broker
-from ess_common.db.models import DeadLetter, Edge, RequestStatus
-from ess_common.db.session import SessionMaker, unit_of_work
-from ess_common.edge_work import work_handler
-from ess_common.errors import PermanentError
-from ess_common.events import DatasetFile, FileAssigned, FileCached, FileWork
-from ess_common.messaging.bus import (
-    EDGE_SIGNATURE_HEADER,
-    Bus,
-    Delivery,
-    edge_signature,
-    publish_event,
-)
-from ess_common.settings import EdgeSettings, HeadSettings
+from ess_common.db.models import RequestStatus
+from ess_common.db.session import SessionMaker
+from ess_common.settings import HeadSettings
 from ess_common.store.local import LocalStore, sign
-from ess_edge.heartbeat import send_heartbeat
 from ess_head_api.app import create_app
 from ess_head_api.auth import Role, TokenBook
 from ess_head_api.state import HeadState
-from tests.broker.factories import heartbeat
 from tests.head_api.support import (
     SCOPE,
     Head,
-    file_entry,
     prepare,
     request_body,
     running_head,
 )
-from tests.helpers import eventually
 
 TOKENS = {role: secrets.token_hex(16) for role in Role}
 LFN = "EVNT.08716373._000077.pool.root.1"
@@ -282,111 +266,44 @@ def test_tokens_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert TOKENS[Role.PANDA] not in repr(settings)
 
 
-# --- edges' messages ------------------------------------------------------------------------
+# --- edges' own tokens ---------------------------------------------------------------------
 
 
-async def dead_letters(sessions: SessionMaker) -> list[DeadLetter]:
-    async with sessions() as session:
-        return list((await session.scalars(select(DeadLetter).order_by(DeadLetter.id))).all())
+async def test_an_enrolled_edges_token_is_an_edge_token_until_revoked(head: Head) -> None:
+    enrolled = await head.client.post("/v1/edges/edge-a/enroll", headers=bearer(Role.ADMIN))
+    assert enrolled.status_code == 201, enrolled.text
+    token = enrolled.json()["token"]
+    assert enrolled.json()["edge"] == "edge-a" and token.startswith("edge-a.")
+    as_edge = {"Authorization": f"Bearer {token}"}
+    lookup = f"/v1/ranges?scope={SCOPE}&LFN={LFN}&startEvent=1&lastEvent=1"
+    assert (await head.client.get(lookup, headers=as_edge)).status_code not in (401, 403)
+    refused = await head.client.post("/v1/admin/expire", headers=as_edge)
+    assert refused.status_code == 403
+    # Only an admin enrolls or revokes.
+    for role in (Role.EDGE, Role.PANDA, Role.PILOT):
+        assert (
+            await head.client.post("/v1/edges/edge-b/enroll", headers=bearer(role))
+        ).status_code == 403
+        assert (
+            await head.client.delete("/v1/edges/edge-a/enrollment", headers=bearer(role))
+        ).status_code == 403
+    # A token made up in the shape of one, or of an edge never enrolled, is not known.
+    for forged in (f"edge-a.{'x' * 43}", f"edge-z.{token.partition('.')[2]}"):
+        answer = await head.client.get(lookup, headers={"Authorization": f"Bearer {forged}"})
+        assert answer.status_code == 401
 
-
-async def edge_names(sessions: SessionMaker) -> set[str]:
-    async with sessions() as session:
-        return set((await session.scalars(select(Edge.name))).all())
-
-
-@pytest.fixture
-async def signed_broker(sessions: SessionMaker, bus: Bus) -> AsyncIterator[Broker]:
-    settings = HeadSettings.model_validate(
-        {"sweep_interval_s": 0.1, "tokens": {"edge": [TOKENS[Role.EDGE]]}}
-    )
-    broker = Broker(settings, bus, sessions)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
-
-
-async def test_the_broker_takes_only_heartbeats_signed_with_an_edge_token(
-    signed_broker: Broker, sessions: SessionMaker, bus: Bus, tmp_path: Path
-) -> None:
-    # Unsigned, then signed with a token the head does not know, then forged after signing.
-    await publish_event(bus, heartbeat("edge-unsigned"))
-    await publish_event(bus, heartbeat("edge-forged"), signed_with=SecretStr("y" * 32))
-    beat = heartbeat("edge-altered")
-    signature = edge_signature(beat.model_dump_json().encode(), SecretStr(TOKENS[Role.EDGE]))
-    altered = beat.model_copy(update={"free_bytes": 1}).model_dump_json().encode()
-    await bus.publish(beat.routing_key(), altered, headers={EDGE_SIGNATURE_HEADER: signature})
-    # What a real edge sends: its heartbeat, signed with its token.
-    edge = EdgeSettings.model_validate(
-        {
-            "edge_name": "edge-signed",
-            "edge_cache_dir": tmp_path / "cache",
-            "edge_token": TOKENS[Role.EDGE],
-        }
-    )
-    edge.edge_cache_dir.mkdir()
-    await send_heartbeat(edge, bus)
-
-    async def three() -> list[DeadLetter]:
-        rows = await dead_letters(sessions)
-        return rows if len(rows) == 3 else []
-
-    rows = await eventually(three, message="three heartbeats dead-lettered")
-    reasons = sorted(r.reason for r in rows)
-    assert reasons == [
-        "Forbidden: edge signature invalid",
-        "Forbidden: edge signature invalid",
-        "Forbidden: edge signature missing",
-    ]
-    assert await eventually(lambda: edge_names(sessions)) == {"edge-signed"}
-
-
-async def test_results_are_taken_only_when_signed_by_the_edges_workers(
-    signed_broker: Broker, sessions: SessionMaker, bus: Bus, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Unsigned: refused before it is even read.
-    await bus.publish("split.done.edge-a", b"{}")
-    # Published by a worker of an edge whose environment holds its token: signed, so the
-    # broker reads it (and dead-letters it for what it says: the request is unknown here).
-    monkeypatch.setenv("ESS_EDGE_TOKEN", TOKENS[Role.EDGE])
-    work = FileWork(
-        request_id=REQUEST_ID,
-        file_id=7,
-        attempt=1,
-        edge="edge-a",
-        file=DatasetFile.model_validate(file_entry(LFN)),
-        events_per_range=100,
-    )
-    assigned = FileAssigned(work=work)
-
-    async def precache(_: FileAssigned) -> FileCached:
-        raise PermanentError("no source has the file")
-
-    handler = work_handler(bus, FileAssigned, "precache", 3, precache)
-    await handler(Delivery("q", assigned.routing_key(), assigned.model_dump_json().encode()))
-
-    async def two() -> list[str]:
-        rows = await dead_letters(sessions)
-        return sorted(r.reason for r in rows) if len(rows) == 2 else []
-
-    reasons = await eventually(two, message="both results dead-lettered")
-    assert reasons == [
-        f"BadMessage: request {REQUEST_ID} is unknown",
-        "Forbidden: edge signature missing",
-    ]
-
-
-async def test_without_edge_tokens_unsigned_heartbeats_are_taken(
-    sessions: SessionMaker, bus: Bus
-) -> None:
-    broker = Broker(HeadSettings.model_validate({"sweep_interval_s": 0.1}), bus, sessions)
-    await broker.start()
-    try:
-        await publish_event(bus, heartbeat("edge-open"))
-        assert await eventually(lambda: edge_names(sessions)) == {"edge-open"}
-    finally:
-        await broker.stop()
-    async with unit_of_work(sessions) as session:
-        assert (await session.get(Edge, "edge-open")) is not None
+    revoked = await head.client.delete("/v1/edges/edge-a/enrollment", headers=bearer(Role.ADMIN))
+    assert revoked.status_code == 200 and revoked.json() == {"edge": "edge-a", "revoked": True}
+    assert (await head.client.get(lookup, headers=as_edge)).status_code == 401
+    again = await head.client.delete("/v1/edges/edge-a/enrollment", headers=bearer(Role.ADMIN))
+    assert again.status_code == 404
+    # Enrolled again: a new token; the old one stays dead.
+    renewed = (
+        await head.client.post("/v1/edges/edge-a/enroll", headers=bearer(Role.ADMIN))
+    ).json()["token"]
+    assert renewed != token
+    assert (await head.client.get(lookup, headers=as_edge)).status_code == 401
+    fresh = {"Authorization": f"Bearer {renewed}"}
+    assert (await head.client.get(lookup, headers=fresh)).status_code not in (401, 403)
+    bad_name = await head.client.post("/v1/edges/Bad_Name/enroll", headers=bearer(Role.ADMIN))
+    assert bad_name.status_code == 422

@@ -16,6 +16,8 @@ import skhep_testdata
 from aiohttp import web
 
 from ess_common.checksums import adler32_of_bytes, adler32_of_file
+from ess_common.db.models import FileStatus
+from ess_common.db.session import SessionMaker
 from ess_common.edge_work import cache_path
 from ess_common.errors import RetryableError
 from ess_common.events import (
@@ -29,9 +31,11 @@ from ess_common.events import (
 from ess_common.messaging.bus import Bus, Delivery, publish_event
 from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import EdgeSettings
+from ess_common.store.local import LocalStore
 from ess_common.store.s3 import S3Store
 from ess_precacher.service import Precacher
 from tests.grid_https import grid_https
+from tests.head_api.support import edge_work_at_head
 from tests.helpers import S3Settings, UniqueNames, eventually, free_port
 
 if TYPE_CHECKING:
@@ -106,6 +110,11 @@ def assigned(
         events_per_range=500,
     )
     return FileAssigned(work=work, correlation_id="req-1")
+
+
+def head_store(tmp_path: Path) -> LocalStore:
+    """The object store of the head the edge asks about its work (nothing is read from it)."""
+    return LocalStore(tmp_path / "head-objects", "http://testserver", b"k")
 
 
 def cached_files(settings: EdgeSettings) -> list[str]:
@@ -451,41 +460,62 @@ async def watch(bus: Bus, unique: UniqueNames, binding: str) -> list[Delivery]:
     return seen
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_assigned_file_comes_back_as_file_cached(
-    bus: Bus, unique: UniqueNames, tmp_path: Path, source: Path, original: Original
+    bus: Bus,
+    unique: UniqueNames,
+    tmp_path: Path,
+    source: Path,
+    original: Original,
+    sessions: SessionMaker,
 ) -> None:
     settings = edge_settings(tmp_path)
-    precacher = Precacher(settings, bus)
-    await precacher.start()
-    cached = await watch(bus, unique, f"file.cached.{EDGE}")
-    event = assigned(original, [source.as_uri()])
+    given = assigned(original, [source.as_uri()]).work
+    async with edge_work_at_head(
+        sessions, head_store(tmp_path), given, status=FileStatus.ASSIGNED
+    ) as (edge, work):
+        precacher = Precacher(settings, bus, guard=edge.guard)
+        await precacher.start()
+        cached = await watch(bus, unique, f"file.cached.{EDGE}")
+        event = FileAssigned(work=work, correlation_id=work.request_id)
 
-    await publish_event(bus, event)
+        await publish_event(bus, event, headers=edge.signed(event))
 
-    await eventually(lambda: cached, message=f"file.cached.{EDGE}")
+        await eventually(lambda: cached, message=f"file.cached.{EDGE}")
+        await precacher.stop()
     (delivery,) = cached
     assert delivery.routing_key == f"file.cached.{EDGE}"
     result = parse_event(delivery.body)
     assert isinstance(result, FileCached)
     assert result.work == event.work
     assert Path(result.cache_path).read_bytes() == original.data
-    await precacher.stop()
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_file_no_source_delivers_ends_as_retryable_file_failed(
-    bus: Bus, unique: UniqueNames, tmp_path: Path, original: Original, grid_storage: GridStorage
+    bus: Bus,
+    unique: UniqueNames,
+    tmp_path: Path,
+    original: Original,
+    grid_storage: GridStorage,
+    sessions: SessionMaker,
 ) -> None:
     settings = edge_settings(tmp_path)
-    precacher = Precacher(settings, bus)
-    await precacher.start()
-    failed = await watch(bus, unique, f"file.failed.{EDGE}")
-    cached = await watch(bus, unique, f"file.cached.{EDGE}")
     sources = [grid_storage.url(f"broken/{LFN}"), (tmp_path / "gone" / LFN).as_uri()]
-    event = assigned(original, sources)
+    given = assigned(original, sources).work
+    async with edge_work_at_head(
+        sessions, head_store(tmp_path), given, status=FileStatus.ASSIGNED
+    ) as (edge, work):
+        precacher = Precacher(settings, bus, guard=edge.guard)
+        await precacher.start()
+        failed = await watch(bus, unique, f"file.failed.{EDGE}")
+        cached = await watch(bus, unique, f"file.cached.{EDGE}")
+        event = FileAssigned(work=work, correlation_id=work.request_id)
 
-    await publish_event(bus, event)
+        await publish_event(bus, event, headers=edge.signed(event))
 
-    await eventually(lambda: failed, message=f"file.failed.{EDGE}")
+        await eventually(lambda: failed, message=f"file.failed.{EDGE}")
+        await precacher.stop()
     (delivery,) = failed
     result = parse_event(delivery.body)
     assert isinstance(result, FileFailed)
@@ -493,8 +523,7 @@ async def test_file_no_source_delivers_ends_as_retryable_file_failed(
     assert result.stage == "precache"
     assert result.retryable is True
     assert "HTTP 503" in result.reason and "no such file" in result.reason
-    assert result.correlation_id == "req-1"
+    assert result.correlation_id == work.request_id
     # Reported once, after every attempt the edge is allowed (each one asked the server).
     assert grid_storage.gets == [f"broken/{LFN}"] * MAX_ATTEMPTS
     assert cached == []
-    await precacher.stop()

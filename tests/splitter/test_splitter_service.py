@@ -6,25 +6,43 @@ the engine does not cut is delivered whole, or, when the edge is told so, fails 
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import skhep_testdata
 import uproot
+from pydantic import SecretStr
+from sqlalchemy import select, update
 
 from ess_common.checksums import adler32_of_bytes
+from ess_common.db import enrollments
+from ess_common.db.models import File, FileStatus
+from ess_common.db.requests import record_request
+from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.edge_work import cache_path
 from ess_common.errors import PermanentError, RetryableError
-from ess_common.events import DatasetFile, FileCached, FileFailed, FileWork, SplitDone, parse_event
+from ess_common.events import (
+    DatasetFile,
+    FileCached,
+    FileFailed,
+    FileWork,
+    RequestSpec,
+    SplitDone,
+    parse_event,
+)
 from ess_common.messaging.bus import Bus, Delivery, publish_event
 from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
 from ess_common.store.local import LocalStore
+from ess_common.work_guard import WorkGuard
 from ess_splitter import service
 from ess_splitter.service import Splitter
 from ess_splitter.strategy import split_file
+from tests.head_api.support import running_head
 from tests.helpers import UniqueNames, eventually
 
 EDGE = "edge-sp"
@@ -61,11 +79,18 @@ def cache(settings: EdgeSettings, name: str, lfn: str) -> Path:
     return target
 
 
-def file_cached(settings: EdgeSettings, lfn: str, n_events: int) -> FileCached:
+def file_cached(
+    settings: EdgeSettings,
+    lfn: str,
+    n_events: int,
+    *,
+    request_id: str = "req-9",
+    file_id: int = FILE_ID,
+) -> FileCached:
     path = cache_path(settings.edge_cache_dir, SCOPE, lfn)
     work = FileWork(
-        request_id="req-9",
-        file_id=FILE_ID,
+        request_id=request_id,
+        file_id=file_id,
         attempt=ATTEMPT,
         edge=EDGE,
         file=DatasetFile(
@@ -78,7 +103,61 @@ def file_cached(settings: EdgeSettings, lfn: str, n_events: int) -> FileCached:
         ),
         events_per_range=EVENTS_PER_RANGE,
     )
-    return FileCached(work=work, cache_path=str(path), correlation_id="req-9")
+    return FileCached(work=work, cache_path=str(path), correlation_id=request_id)
+
+
+@asynccontextmanager
+async def edge_at_a_head(
+    sessions: SessionMaker,
+    tmp_path: Path,
+    settings: EdgeSettings,
+    bus: Bus,
+    store: ObjectStore,
+    lfns: list[str],
+) -> AsyncIterator[tuple[Splitter, Callable[[str, int], Awaitable[None]]]]:
+    """The head knows a request of these files, cached by this (enrolled) edge at ATTEMPT; a
+    splitter that checks its work there, and a way to publish `file.cached` as the edge's
+    precacher does (signed with the edge's token)."""
+    spec = RequestSpec.model_validate(
+        {
+            "dataset": f"{SCOPE}:{SCOPE}.NTUP.split-tests",
+            "idempotency_key": "split-tests",
+            "events_per_range": EVENTS_PER_RANGE,
+            "files": [
+                {
+                    "scope": SCOPE,
+                    "lfn": lfn,
+                    "n_events": 1,
+                    "size": 123,
+                    "adler32": "00000001",
+                    "sources": [f"https://storage.example.org/{lfn}"],
+                }
+                for lfn in lfns
+            ],
+        }
+    )
+    async with unit_of_work(sessions) as session:
+        token = SecretStr(await enrollments.enroll(session, EDGE))
+        request, _ = await record_request(session, spec)
+        await session.flush()
+        await session.execute(
+            update(File)
+            .where(File.request_id == request.id)
+            .values(status=FileStatus.CACHED, edge=EDGE, attempt=ATTEMPT)
+        )
+        ids = {f.lfn: f.id for f in await session.scalars(select(File))}
+        request_id = request.id
+    settings = settings.model_copy(update={"edge_token": token})
+    local = LocalStore(tmp_path / "head-objects", "http://testserver", b"k")
+    async with running_head(sessions, local) as head:
+        guard = WorkGuard(EDGE, token, "http://testserver", http=head.client)
+        splitter = Splitter(settings, bus, store, guard=guard)
+
+        async def publish(lfn: str, n_events: int) -> None:
+            event = file_cached(settings, lfn, n_events, request_id=request_id, file_id=ids[lfn])
+            await publish_event(bus, event, signed_with=token)
+
+        yield splitter, publish
 
 
 async def test_cached_file_is_split_uploaded_and_listed(tmp_path: Path, store: ObjectStore) -> None:
@@ -199,23 +278,29 @@ async def watch(bus: Bus, unique: UniqueNames, binding: str) -> list[Delivery]:
     return seen
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_through_the_bus_split_done_or_file_failed(
-    bus: Bus, unique: UniqueNames, tmp_path: Path
+    bus: Bus, unique: UniqueNames, tmp_path: Path, sessions: SessionMaker
 ) -> None:
     settings = edge_settings(tmp_path, split_unsplittable="fail")
     store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
     await store.start()
-    splitter = Splitter(settings, bus, store)
-    await splitter.start()
-    done = await watch(bus, unique, f"split.done.{EDGE}")
-    failed = await watch(bus, unique, f"file.failed.{EDGE}")
-    cache(settings, "uproot-HZZ.root", "NTUP.good.root")
-    cache(settings, "uproot-from-geant4.root", "NTUP.geant4.root")
+    lfns = ["NTUP.geant4.root", "NTUP.good.root"]
+    async with edge_at_a_head(sessions, tmp_path, settings, bus, store, lfns) as (
+        splitter,
+        publish,
+    ):
+        await splitter.start()
+        done = await watch(bus, unique, f"split.done.{EDGE}")
+        failed = await watch(bus, unique, f"file.failed.{EDGE}")
+        cache(settings, "uproot-HZZ.root", "NTUP.good.root")
+        cache(settings, "uproot-from-geant4.root", "NTUP.geant4.root")
 
-    await publish_event(bus, file_cached(settings, "NTUP.geant4.root", GEANT4_EVENTS))
-    await publish_event(bus, file_cached(settings, "NTUP.good.root", HZZ_EVENTS))
+        await publish("NTUP.geant4.root", GEANT4_EVENTS)
+        await publish("NTUP.good.root", HZZ_EVENTS)
+        await eventually(lambda: failed and done, message="file.failed and split.done")
+        await splitter.stop()
 
-    await eventually(lambda: failed and done, message="file.failed and split.done")
     (failure,) = [parse_event(d.body) for d in failed]
     assert isinstance(failure, FileFailed)
     assert failure.work.file.lfn == "NTUP.geant4.root"
@@ -226,7 +311,6 @@ async def test_through_the_bus_split_done_or_file_failed(
     assert isinstance(success, SplitDone)
     assert success.work.file.lfn == "NTUP.good.root"
     assert [r.last_event for r in success.ranges] == [500, 1000, 1500, 2000, 2421]
-    await splitter.stop()
 
 
 def cache_corrupt(settings: EdgeSettings, lfn: str) -> Path:
@@ -257,8 +341,13 @@ async def test_corrupt_file_fails_for_good_and_is_never_delivered_whole(tmp_path
     assert not split_dir.exists() or list(split_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_through_the_bus_a_corrupt_file_fails_once_without_retries(
-    bus: Bus, unique: UniqueNames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bus: Bus,
+    unique: UniqueNames,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sessions: SessionMaker,
 ) -> None:
     settings = edge_settings(tmp_path)
     store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
@@ -271,17 +360,21 @@ async def test_through_the_bus_a_corrupt_file_fails_once_without_retries(
         return await real_split(source, *args)
 
     monkeypatch.setattr(service, "split_file", counted)
-    splitter = Splitter(settings, bus, store)
-    await splitter.start()
-    done = await watch(bus, unique, f"split.done.{EDGE}")
-    failed = await watch(bus, unique, f"file.failed.{EDGE}")
-    cache_corrupt(settings, "NTUP.cut-short.root")
-    cache(settings, "uproot-HZZ.root", "NTUP.good.root")
+    lfns = ["NTUP.cut-short.root", "NTUP.good.root"]
+    async with edge_at_a_head(sessions, tmp_path, settings, bus, store, lfns) as (
+        splitter,
+        publish,
+    ):
+        await splitter.start()
+        done = await watch(bus, unique, f"split.done.{EDGE}")
+        failed = await watch(bus, unique, f"file.failed.{EDGE}")
+        cache_corrupt(settings, "NTUP.cut-short.root")
+        cache(settings, "uproot-HZZ.root", "NTUP.good.root")
 
-    await publish_event(bus, file_cached(settings, "NTUP.cut-short.root", HZZ_EVENTS))
-    await publish_event(bus, file_cached(settings, "NTUP.good.root", HZZ_EVENTS))
-
-    await eventually(lambda: failed and done, message="file.failed and split.done")
+        await publish("NTUP.cut-short.root", HZZ_EVENTS)
+        await publish("NTUP.good.root", HZZ_EVENTS)
+        await eventually(lambda: failed and done, message="file.failed and split.done")
+        await splitter.stop()
     (failure,) = [parse_event(d.body) for d in failed]
     assert isinstance(failure, FileFailed)
     assert failure.work.file.lfn == "NTUP.cut-short.root"
@@ -293,4 +386,3 @@ async def test_through_the_bus_a_corrupt_file_fails_once_without_retries(
     assert isinstance(success, SplitDone)
     assert success.work.file.lfn == "NTUP.good.root"
     assert not (tmp_path / "objects" / "ranges" / SCOPE / "NTUP.cut-short.root").exists()
-    await splitter.stop()

@@ -205,6 +205,21 @@ class Edge(Base):
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class EdgeEnrollment(Base):
+    """An edge the operator let in, with its credential's key (never the token itself), see
+    `ess_common.enrollment`. A revoked enrollment stays, for the record, until the edge is
+    enrolled again."""
+
+    __tablename__ = "edge_enrollments"
+
+    edge: Mapped[str] = mapped_column(String(63), primary_key=True)
+    #: HMAC-SHA256 of the token (hex): what the edge's signatures and bearer token are checked
+    #: with; the token cannot be read back from it.
+    key: Mapped[str] = mapped_column(String(64))
+    enrolled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
 class Notification(Base):
     """One notice to one target about one event of a request: at most one is ever sent.
 

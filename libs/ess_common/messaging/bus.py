@@ -5,21 +5,19 @@ Every consumed queue `Q` comes with `Q.retry` (a delay before redelivery) and `Q
 carries its reason in the `x-ess-reason` header; `<exchange>.dead.audit` sees every one.
 
 Messages of an edge (heartbeats, results) carry `x-ess-edge-signature`, an HMAC-SHA256 of the
-body with the edge's token, when it has one: the broker refuses unsigned or forged ones once
-edge tokens are configured.
+body with the upward key of the edge's enrollment token (`ess_common.enrollment`): the broker
+refuses unsigned or forged ones, and those of edges not enrolled.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from ess_common import tracing
+from ess_common import enrollment, tracing
 from ess_common.events import Event
 
 ATTEMPT_HEADER = "x-ess-attempt"
@@ -36,21 +34,8 @@ REFUSED_HEADER = "x-ess-refused"
 
 
 def edge_signature(body: bytes, token: SecretStr) -> str:
-    return hmac.new(token.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
-
-
-def signed_by_one_of(body: bytes, headers: Mapping[str, Any], tokens: Sequence[SecretStr]) -> bool:
-    """Whether the delivery's edge signature was made with one of the tokens."""
-    given = headers.get(EDGE_SIGNATURE_HEADER)
-    if isinstance(given, bytes):
-        given = given.decode(errors="replace")
-    if not isinstance(given, str):
-        return False
-    # Every token is compared, in constant time, so the answer's timing tells nothing.
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(edge_signature(body, token), given)
-    return matched
+    key = enrollment.key_of(token.get_secret_value())
+    return enrollment.sign(enrollment.upward_key(key), body)
 
 
 def dead_exchange(exchange: str) -> str:

@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common import metrics, tracing
+from ess_common import enrollment, metrics, tracing
 from ess_common.db.models import OutboxMessage, utcnow
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import Unroutable
@@ -33,15 +33,22 @@ def add_event(
     *,
     exchange: str | None = None,
     trace_context: Mapping[str, str] | None = None,
+    signed_for_edge: str | None = None,
 ) -> None:
     """Write `event` to the outbox; `trace_context` is the request's, for an event written
-    outside the request's trace."""
+    outside the request's trace. `signed_for_edge` (an enrollment's key) signs it for that
+    edge, which does only work the head signed (`ess_common.enrollment`)."""
     headers = tracing.current_headers() or dict(trace_context or {})
+    body = event.model_dump_json()
+    if signed_for_edge is not None:
+        headers[enrollment.HEAD_SIGNATURE_HEADER] = enrollment.sign(
+            enrollment.downward_key(signed_for_edge), body.encode()
+        )
     session.add(
         OutboxMessage(
             exchange=exchange,
             routing_key=event.routing_key(),
-            body=event.model_dump_json(),
+            body=body,
             headers=headers or None,
         )
     )

@@ -1,5 +1,8 @@
 """Assigning pending files to edges and taking work back from lost edges.
 
+Only edges whose enrollment stands are given work, each file signed for its edge with the
+edge's key (`ess_common.enrollment`): an edge does only work the head signed.
+
 Space is reserved at assignment: the bytes promised to an edge are the sizes of its files
 assigned or cached and not yet split, so a split, a failure, a cancellation or a move releases
 them with the file's status. The candidate edges' rows are locked (`FOR UPDATE`, in name order
@@ -22,10 +25,11 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from ess_broker.placement import Candidate, choose_edge, replica_places
 from ess_common import metrics, tracing
-from ess_common.db import history
+from ess_common.db import enrollments, history
 from ess_common.db.file_moves import IN_FLIGHT, take_back
 from ess_common.db.models import (
     Edge,
+    EdgeEnrollment,
     EdgeStatus,
     File,
     FileStatus,
@@ -57,6 +61,10 @@ async def _lock_live_edges(session: AsyncSession, lost_after: timedelta) -> list
                 .where(
                     Edge.status == EdgeStatus.ALIVE,
                     Edge.last_heartbeat >= utcnow() - lost_after,
+                    # Only an edge whose enrollment stands is given anything.
+                    Edge.name.in_(
+                        select(EdgeEnrollment.edge).where(EdgeEnrollment.revoked_at.is_(None))
+                    ),
                 )
                 .order_by(Edge.name)
                 .with_for_update()
@@ -135,6 +143,9 @@ async def assign_pending(
     candidates = {c.name: c for c in await live_candidates(session, lost_after)}
     if not candidates:
         return 0
+    keys = await enrollments.keys_of(session, list(candidates))
+    # An enrollment revoked since the edges were locked: that edge is given nothing.
+    candidates = {name: c for name, c in candidates.items() if name in keys}
     query = (
         select(File, Request)
         .join(Request, Request.id == File.request_id)
@@ -196,6 +207,7 @@ async def assign_pending(
             session,
             FileAssigned(work=file_work(request, f), correlation_id=request.id),
             trace_context=request.trace_context,
+            signed_for_edge=keys[edge.name],
         )
         history.record(
             session,

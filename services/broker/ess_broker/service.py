@@ -5,8 +5,8 @@ Consumes `request.created`, `edge.heartbeat`, the edges' results (`file.cached.*
 letter; produces `file.assigned.<edge>`, `request.ready` and `request.failed` through the
 outbox. A periodic sweep marks silent edges
 lost (counting only time heartbeats could be recorded), moves their work and assigns what is
-pending. Once edge tokens are configured, a
-heartbeat or result without a valid edge signature is dead-lettered, never handled.
+pending. A heartbeat or result that is not signed by the enrolled edge it names is
+dead-lettered, never handled.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ess_broker.assignment import assign_pending, reclaim_lost_edges
 from ess_broker.bookkeeping import handle_file_cached, handle_file_failed, handle_split_done
 from ess_broker.dead_letters import record_dead_letter
 from ess_broker.edges import RecordingWindow, handle_heartbeat
+from ess_broker.enrolled import enrolled_only
 from ess_broker.on_demand import handle_range_split
 from ess_broker.orphans import OrphanSweeper
 from ess_broker.retention import RangeRetention
@@ -32,7 +33,6 @@ from ess_common.catalogue import Catalogue
 from ess_common.db.models import Request, utcnow
 from ess_common.db.requests import as_spec, record_request
 from ess_common.db.session import SessionMaker, unit_of_work
-from ess_common.errors import Forbidden
 from ess_common.events import (
     EdgeHeartbeat,
     FileCached,
@@ -41,15 +41,7 @@ from ess_common.events import (
     RequestCreated,
     SplitDone,
 )
-from ess_common.messaging.bus import (
-    EDGE_SIGNATURE_HEADER,
-    Bus,
-    Delivery,
-    Handler,
-    audit_queue,
-    dead_exchange,
-    signed_by_one_of,
-)
+from ess_common.messaging.bus import Bus, Delivery, Handler, audit_queue, dead_exchange
 from ess_common.messaging.handlers import flush_quietly, transactional
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.outages import is_outage
@@ -134,19 +126,9 @@ class Broker:
             await record_dead_letter(session, delivery)
 
     def from_edges(self, handler: Handler) -> Handler:
-        """The handler, behind a check that the message was signed with an edge token."""
-        tokens = self.settings.tokens.get("edge", [])
-        if not tokens:
-            return handler
-
-        async def verified(delivery: Delivery) -> None:
-            if EDGE_SIGNATURE_HEADER not in delivery.headers:
-                raise Forbidden("edge signature missing")
-            if not signed_by_one_of(delivery.body, delivery.headers, tokens):
-                raise Forbidden("edge signature invalid")
-            await handler(delivery)
-
-        return verified
+        """The handler, behind a check that the message was signed by the enrolled edge it
+        names (`ess_broker.enrolled`)."""
+        return enrolled_only(self.sessions, handler)
 
     async def sweep(self) -> None:
         # Separate transactions: the edge rows locked to reclaim are not held while assigning.

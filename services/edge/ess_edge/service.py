@@ -57,6 +57,13 @@ class Edge:
         return self.settings.public_url if self.server is not None else self.settings.edge_url
 
     async def start(self) -> None:
+        if self.settings.edge_token is None:
+            log.warning(
+                "edge.no_token",
+                edge=self.settings.edge_name,
+                detail="ESS_EDGE_TOKEN is not set: the broker hears no edge that is not enrolled "
+                f"(ess edge enroll {self.settings.edge_name})",
+            )
         self.settings.edge_cache_dir.mkdir(parents=True, exist_ok=True)
         for queue, bindings in edge_queues(self.bus.exchange, self.settings.edge_name).items():
             await self.bus.declare(queue, bindings)

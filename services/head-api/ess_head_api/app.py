@@ -36,6 +36,7 @@ from ess_head_api.routes import (
     admin,
     dashboard,
     edges,
+    enrollments,
     events,
     files,
     health,
@@ -186,7 +187,7 @@ def create_app(state: HeadState) -> FastAPI:
     for unreachable in (ConnectionError, TimeoutError, socket.gaierror):
         app.add_exception_handler(unreachable, lambda _, exc: unavailable(exc))
 
-    for module in (requests, events, ranges, on_demand, files, edges, admin):
+    for module in (requests, events, ranges, on_demand, files, edges, enrollments, admin):
         app.include_router(
             module.router, dependencies=[Depends(authenticated)], responses=AUTH_RESPONSES
         )

@@ -10,14 +10,16 @@ at all the API is open, as in the embedded first try, and the start-up says so l
 |-------|-----------------------------------------------------------------------|
 | panda | create, cancel and retry requests; read requests; look ranges up      |
 | pilot | look ranges up; read requests (status, ranges, events)                |
-| edge  | look ranges up; sign its heartbeats and results on the bus            |
+| edge  | look ranges up; ask where its assignments stand                       |
 | admin | everything, and the operator routes (dead letters, expiry)            |
 
+An enrolled edge's own token (`ess edge enroll`) is an `edge` token while its enrollment stands.
 Signed object URLs (`/v1/objects/...`) need no token: the signature is the credential.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Any
 
 import structlog
@@ -25,9 +27,12 @@ from fastapi import Depends, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ess_common import enrollment
+from ess_common.db import enrollments
 from ess_common.errors import Forbidden, Unauthorized
 from ess_common.tokens import Role as Role
 from ess_common.tokens import TokenBook as TokenBook
+from ess_head_api.state import HeadState
 
 log = structlog.get_logger("ess.head_api.auth")
 
@@ -66,6 +71,7 @@ async def token_book(request: Request) -> TokenBook:
 
 
 async def authenticated(
+    request: Request,
     book: Annotated[TokenBook, Depends(token_book)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Role:
@@ -76,9 +82,22 @@ async def authenticated(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
     role = book.role_of(credentials.credentials)
+    if role is None and await _enrolled(request, credentials.credentials):
+        role = Role.EDGE
     if role is None:
         raise Unauthorized("the bearer token is not known")
     return role
+
+
+async def _enrolled(request: Request, token: str) -> bool:
+    """Whether the token is the credential of an edge whose enrollment stands."""
+    edge = enrollment.edge_of(token)
+    if edge is None:
+        return False
+    state: HeadState = request.app.state.head
+    async with state.sessions() as session:
+        key = await enrollments.key_of(session, edge)
+    return key is not None and hmac.compare_digest(key, enrollment.key_of(token))
 
 
 def require(*roles: Role) -> DependsParam:

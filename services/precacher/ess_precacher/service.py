@@ -38,6 +38,7 @@ from ess_common.events import DatasetFile, FileAssigned, FileCached
 from ess_common.messaging.bus import Bus
 from ess_common.messaging.long_work import held_briefly
 from ess_common.settings import EdgeSettings
+from ess_common.work_guard import WorkGuard
 from ess_precacher.fetch import fetch
 
 log = structlog.get_logger("ess.precacher")
@@ -45,10 +46,17 @@ log = structlog.get_logger("ess.precacher")
 
 class Precacher:
     def __init__(
-        self, settings: EdgeSettings, bus: Bus, catalogue: Catalogue | None = None
+        self,
+        settings: EdgeSettings,
+        bus: Bus,
+        catalogue: Catalogue | None = None,
+        *,
+        guard: WorkGuard | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
+        #: What each assignment is checked with before any download (`ess_common.work_guard`).
+        self.guard = guard or WorkGuard.for_edge(settings)
         #: Where the file's replicas are looked up again when every known one failed, and where
         #: this edge's site subscribes to datasets (`rucio_subscribe`).
         self.catalogue = catalogue
@@ -210,7 +218,9 @@ class Precacher:
                     "precache",
                     self.settings.max_attempts,
                     self.handle_file_assigned,
+                    edge_token=self.settings.edge_token,
                     cancelled=CancelledRequests(self.cache_dir),
+                    guard=self.guard,
                 ),
                 hold_s=self.settings.delivery_hold_s,
                 limit=self.settings.prefetch,
@@ -218,4 +228,4 @@ class Precacher:
         )
 
     async def stop(self) -> None:
-        return None
+        await self.guard.close()

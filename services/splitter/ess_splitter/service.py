@@ -31,6 +31,7 @@ from ess_common.messaging.bus import Bus
 from ess_common.messaging.long_work import held_briefly
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
+from ess_common.work_guard import WorkGuard
 from ess_split.errors import SplitError
 from ess_split.split import SplitResult
 from ess_splitter.strategy import SplitOptions, split_file
@@ -40,9 +41,18 @@ log = structlog.get_logger("ess.splitter")
 
 
 class Splitter:
-    def __init__(self, settings: EdgeSettings, bus: Bus, store: ObjectStore) -> None:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        bus: Bus,
+        store: ObjectStore,
+        *,
+        guard: WorkGuard | None = None,
+    ) -> None:
         self.settings = settings
         self.bus = bus
+        #: What each cached file is checked with before it is split (`ess_common.work_guard`).
+        self.guard = guard or WorkGuard.for_edge(settings)
         self.store = store
         self.cache_dir = settings.edge_cache_dir
         self.workers = max(1, (os.cpu_count() or 1) // 2)
@@ -139,9 +149,11 @@ class Splitter:
                     "split",
                     self.settings.max_attempts,
                     self.handle_file_cached,
+                    edge_token=self.settings.edge_token,
                     cancelled=CancelledRequests(self.cache_dir),
                     # The cached input is no longer needed by this work: it may be evicted.
                     dropped=lambda e: unpin(self.cache_dir, e.work.file_id, e.work.attempt),
+                    guard=self.guard,
                 ),
                 hold_s=self.settings.delivery_hold_s,
                 limit=self.workers,
@@ -151,4 +163,4 @@ class Splitter:
         )
 
     async def stop(self) -> None:
-        return None
+        await self.guard.close()
