@@ -1,16 +1,42 @@
-"""Running the edge's workers (precacher, splitter) as child processes, restarted on exit."""
+"""Running the edge's workers (precacher, splitter) as child processes, restarted on exit.
+
+The workers die with the edge, however it ends (even `kill -9`): on Linux each asks the kernel
+for SIGKILL when its parent goes, so that no orphaned worker keeps consuming the edge's queues.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
 log = structlog.get_logger("ess.edge.supervisor")
+
+#: prctl(2)'s option: the signal this process gets when its parent thread ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """What a child runs between fork and exec to die with this process (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        log.warning("child.outlives_parent", reason=f"no parent-death signal on {sys.platform}")
+        return None
+    # Looked up here, in the parent: the child runs nothing but these two calls.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent ended before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 class Child:
@@ -34,7 +60,10 @@ class Child:
     async def _keep_running(self) -> None:
         delay = 1.0
         while not self._stopping:
-            self.process = await asyncio.create_subprocess_exec(*self.argv, env=self.env)
+            # From the event loop's thread, the one whose end the kernel watches.
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, preexec_fn=die_with_parent()
+            )
             if self.niceness:
                 # Before the child starts its own threads, which inherit it.
                 with contextlib.suppress(OSError):
