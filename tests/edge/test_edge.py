@@ -3,6 +3,7 @@ it (so no work sent to it is lost), and the supervisor that keeps its workers ru
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ from ess_edge.heartbeat import make_heartbeat
 from ess_edge.service import Edge
 from ess_edge.supervisor import Child
 from tests.helpers import UniqueNames, eventually
+from tests.private_servers import running
 
 EDGE = "edge-hb"
 QUOTA = 10 * 2**20
@@ -216,3 +218,42 @@ async def test_edge_stop_stops_its_workers(tmp_path: Path) -> None:
     for child in children:
         assert child.process is not None
         assert child.process.returncode == -signal.SIGTERM
+
+
+#: An edge's supervisor alone, printing its worker's pid.
+_SUPERVISOR = """
+import asyncio, sys
+from ess_edge.supervisor import Child
+
+async def main():
+    child = Child("worker", [sys.executable, "-c", "import signal; signal.pause()"], {})
+    child.start()
+    while child.process is None:
+        await asyncio.sleep(0.01)
+    print(f"worker={child.process.pid}", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_workers_die_with_a_killed_edge() -> None:
+    """`kill -9` of the edge leaves no worker consuming its queues as an orphan."""
+    edge = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SUPERVISOR, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert edge.stdout is not None
+        line = b""
+        while not line.startswith(b"worker="):  # after the supervisor's own log lines
+            line = await asyncio.wait_for(edge.stdout.readline(), 30)
+            assert line, "the supervisor ended before starting its worker"
+        worker = int(line.removeprefix(b"worker="))
+        assert running(worker)
+        edge.kill()
+        await edge.wait()
+        await eventually(lambda: not running(worker), message="the worker ends with its edge")
+    finally:
+        if edge.returncode is None:
+            edge.kill()
+            await edge.wait()
