@@ -1,7 +1,7 @@
 """`kill -9` of each component in turn, in the middle of a request, then restarted.
 
 One deployment (head API, broker, notifier, two edges, each its own process) on a PostgreSQL
-and a RabbitMQ of the test's own. Each round submits a request of four real ROOT files cut
+and a RabbitMQ of the test's own. Each round submits a request of three real ROOT files cut
 into 150-event ranges, waits until its first ranges are recorded, kills one component with
 SIGKILL (the notifier: while its callback to PanDA is open), waits until every process that
 component had is gone (an edge's precacher and splitter die with it), starts it again, and

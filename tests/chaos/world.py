@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -37,12 +38,11 @@ from tests.private_servers import PrivatePostgres, PrivateRabbit, descendants, w
 
 SCOPE = "mc23_13p6TeV"
 EVENTS_PER_RANGE = 150
-#: Real files nobody here wrote: 16 ranges each of about 2,400 events.
+#: Real files nobody here wrote, of about 2,400 events each: 50 ranges in all.
 SAMPLES = [
     ("uproot-HZZ.root", 2421),
     ("uproot-Zmumu.root", 2304),
     ("uproot-HZZ-zlib.root", 2421),
-    ("uproot-Zmumu-zlib.root", 2304),
 ]
 #: Each file's download waits this long times its position: the request is still being
 #: worked on, its first ranges recorded, when a component is killed.
@@ -138,19 +138,10 @@ class World:
 
         async def serving() -> list[str]:
             self.check_running()
-            idle = []
-            try:
-                connection = await aio_pika.connect(self.rabbit.url, timeout=5)
-            except (OSError, TimeoutError, AMQPError):
+            states = await self.queue_states(queues)
+            if states is None:
                 return ["(the bus does not answer)"]
-            async with connection:
-                for queue in queues:
-                    channel = await connection.channel()
-                    declared = await channel.declare_queue(queue, passive=True)
-                    if not declared.declaration_result.consumer_count:
-                        idle.append(queue)
-                    await channel.close()
-            return idle
+            return [q for q, (_, consumers) in states.items() if not consumers]
 
         async def nothing_idle() -> bool:
             return not await serving()
@@ -160,6 +151,31 @@ class World:
         )
         if name in ("head-api", "rabbitmq", "postgresql"):
             await self.cluster.wait_healthy()
+
+    async def queue_states(self, queues: list[str]) -> dict[str, tuple[int, int]] | None:
+        """Messages ready and consumers of each queue; None while the bus does not answer."""
+        try:
+            connection = await aio_pika.connect(self.rabbit.url, timeout=5)
+        except (OSError, TimeoutError, AMQPError):
+            return None
+        states: dict[str, tuple[int, int]] = {}
+        async with connection:
+            channel = await connection.channel()
+            for queue in queues:
+                declared = await channel.declare_queue(queue, passive=True)
+                result = declared.declaration_result
+                states[queue] = (result.message_count or 0, result.consumer_count or 0)
+        return states
+
+    async def queued(self, queues: list[str]) -> dict[str, int]:
+        """The queues of `queues` that hold messages, with how many."""
+        states = await self.queue_states(queues)
+        assert states is not None, "the bus does not answer"
+        return {q: messages for q, (messages, _) in states.items() if messages}
+
+    @staticmethod
+    def clock() -> float:
+        return time.monotonic()
 
     def check_running(self) -> None:
         self.cluster.check_running()
@@ -174,8 +190,11 @@ class World:
 
     # --- requests ----------------------------------------------------------------------------
 
-    async def submit(self, *, delay_s: float = SOURCE_DELAY_S) -> Submitted:
-        """A new request over the head API for new copies of the sample files."""
+    async def submit(
+        self, *, delay_s: float = SOURCE_DELAY_S, first_delay_s: float = 0.0
+    ) -> Submitted:
+        """A new request over the head API for new copies of the sample files; the n-th file
+        (from 0) comes `first_delay_s + n * delay_s` after it is asked for."""
         self.rounds += 1
         key = f"jedi-chaos-{self.rounds}-{uuid.uuid4().hex[:6]}"
         files: list[dict[str, Any]] = []
@@ -184,7 +203,7 @@ class World:
             path = Path(skhep_testdata.data_path(name))
             lfn = f"NTUP.{key}._{position + 1:06d}.root"
             shutil.copyfile(path, self.panda.files_dir / lfn)
-            self.panda.delays[lfn] = delay_s * position
+            self.panda.delays[lfn] = first_delay_s + delay_s * position
             files.append(
                 {
                     "scope": SCOPE,
@@ -238,6 +257,21 @@ class World:
             return n > 0
 
         await eventually(under_way, timeout=60, interval=0.1, message="first ranges recorded")
+
+    async def wait_holding(self, sub: Submitted, edge: str) -> None:
+        """Until `edge` has a file of the request assigned and not yet split."""
+
+        async def holding() -> bool:
+            self.check_running()
+            rows = await self._maybe(
+                "SELECT count(*) AS n FROM files WHERE request_id = $1 AND edge = $2 "
+                "AND status IN ('assigned', 'cached')",
+                sub.request_id,
+                edge,
+            )
+            return bool(rows and rows[0]["n"])
+
+        await eventually(holding, timeout=60, interval=0.1, message=f"{edge} holds work")
 
     async def wait_final(self, sub: Submitted, *, timeout: float = 90) -> str:  # noqa: ASYNC109
         async def final() -> str | None:
