@@ -326,6 +326,26 @@ class PrivateRabbit:
 
         await eventually(answers, timeout=timeout, interval=0.3, message="private RabbitMQ")
 
+    async def pending(self) -> dict[str, int]:
+        """Messages of each queue not yet done with: ready, or delivered and not acknowledged
+        (which AMQP itself does not tell). Asked of the node with `rabbitmqctl`."""
+        ctl = await asyncio.create_subprocess_exec(
+            str(RABBITMQ_SERVER.parent / "rabbitmqctl"),
+            *("-n", self.node, "list_queues", "-q", "--no-table-headers"),
+            *("name", "messages_ready", "messages_unacknowledged"),
+            env=self.env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await ctl.communicate()
+        if ctl.returncode != 0:
+            raise AssertionError(f"rabbitmqctl list_queues: {out.decode(errors='replace')}")
+        counts = {}
+        for line in out.decode().splitlines():
+            name, ready, unacked = line.rsplit(maxsplit=2)
+            counts[name] = int(ready) + int(unacked)
+        return counts
+
     def kill(self) -> list[int]:
         """`kill -9` of the Erlang VM; the pids of the node's processes, which should all end."""
         beam = self.pid

@@ -167,12 +167,6 @@ class World:
                 states[queue] = (result.message_count or 0, result.consumer_count or 0)
         return states
 
-    async def queued(self, queues: list[str]) -> dict[str, int]:
-        """The queues of `queues` that hold messages, with how many."""
-        states = await self.queue_states(queues)
-        assert states is not None, "the bus does not answer"
-        return {q: messages for q, (messages, _) in states.items() if messages}
-
     @staticmethod
     def clock() -> float:
         return time.monotonic()
@@ -380,7 +374,6 @@ async def open_world(
         exchange,
         free_port(),
         ESS_PANDA_EXCHANGE=panda_exchange,
-        ESS_RETRY_BACKOFF_S="0.2",
         **s3.env(bucket),
         **settings,
     )
