@@ -112,6 +112,7 @@ _SLOW = (
     "tests/benchmarks/",
     "tests/cli/",
     "tests/head_api/test_api_fuzz.py",
+    "tests/chaos/",
 )
 
 

@@ -71,7 +71,8 @@ class Cluster:
 
     def start(self, name: str, module: str, **extra: str) -> Service:
         log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:  # the child keeps its own descriptor
+        # Appended to: a restarted service's log follows what the killed one wrote.
+        with log.open("ab") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
                 [sys.executable, "-m", module],
                 # The tests' servers and files are on this machine: the URL policy must allow
