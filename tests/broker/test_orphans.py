@@ -3,6 +3,7 @@ those named or younger kept, and the sweep's log line counts them."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import structlog
 from sqlalchemy import insert
 
 from ess_broker.orphans import sweep_orphans
-from ess_common.db.models import Range, utcnow
+from ess_common.db.models import File, FileStatus, Range, Request, utcnow
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.store.base import ObjectStore, on_demand_key, range_key
 from tests.helpers import eventually
@@ -75,3 +76,53 @@ async def test_orphans_older_than_the_grace_are_deleted_and_counted(
     assert await keys(store) == {named, on_demand_named, young}
     (line,) = [entry for entry in logs if entry["event"] == "orphans.swept"]
     assert (line["scanned"], line["deleted"]) == (6, 3)
+
+
+async def test_the_attempt_a_file_is_still_at_is_kept_past_the_grace(
+    sessions: SessionMaker, store: ObjectStore, tmp_path: Path
+) -> None:
+    """Its result may be waiting out a database outage: only once the file has moved on are
+    the attempt's objects orphans."""
+    async with unit_of_work(sessions) as session:
+        request = Request(
+            id=str(uuid.uuid4()),
+            idempotency_key=f"orphans-{uuid.uuid4()}",
+            dataset=f"{SCOPE}:orphans",
+            events_per_range=100,
+            spec_digest="0" * 64,
+        )
+        session.add(request)
+        await session.flush()
+        file = File(
+            request_id=request.id,
+            scope=SCOPE,
+            lfn=LFN,
+            n_events=100,
+            size=1,
+            adler32="00000001",
+            sources=[],
+            status=FileStatus.CACHED,
+            edge="edge-a",
+            attempt=1,
+        )
+        session.add(file)
+        await session.flush()
+        file_id = file.id
+    waiting = range_key(SCOPE, LFN, 100, file_id, 1, 1, 100)
+    await put(store, tmp_path, waiting)
+    written = utcnow()
+    await eventually(
+        lambda: utcnow() - written > GRACE + timedelta(seconds=1),
+        timeout=GRACE.total_seconds() + 10,
+        message="the object older than the grace",
+    )
+
+    assert (await sweep_orphans(sessions, store, GRACE)).deleted == 0
+    assert waiting in await keys(store)
+
+    async with unit_of_work(sessions) as session:
+        moved = await session.get(File, file_id)
+        assert moved is not None
+        moved.attempt, moved.status = 2, FileStatus.ASSIGNED
+    assert (await sweep_orphans(sessions, store, GRACE)).deleted == 1
+    assert waiting not in await keys(store)

@@ -3,13 +3,16 @@ results never counted: stale after a move, cut off by a failure, uploaded before
 split) are deleted once older than `orphan_grace_s`, not kept until their request expires.
 
 The grace is the time a split may take from its first upload to its recorded result: an
-object younger than it may be one whose row is about to be written. Keys are listed under the
+object younger than it may be one whose row is about to be written. An object of the attempt a
+file is still at (assigned or cached) is kept whatever its age: its result may be waiting out
+an outage of the database, and is recorded when it ends. Keys are listed under the
 prefixes ESS writes range files to (`ranges/`, `on-demand/`), checked against the rows a page
 at a time, and each sweep says in its log line how many it looked at and deleted.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +20,7 @@ from datetime import timedelta
 import structlog
 from sqlalchemy import select
 
-from ess_common.db.models import Range, utcnow
+from ess_common.db.models import File, FileStatus, Range, utcnow
 from ess_common.db.session import SessionMaker
 from ess_common.store.base import ObjectStore, StoredObject
 
@@ -26,6 +29,9 @@ log = structlog.get_logger("ess.orphans")
 #: Where range files are written (`range_key`, `on_demand_key`).
 PREFIXES = ("ranges", "on-demand")
 PAGE = 1000
+#: The file and attempt in a range file's key (`range_key`).
+_ATTEMPT = re.compile(r"/f(\d+)\.a(\d+)/[^/]+$")
+_IN_FLIGHT = (FileStatus.ASSIGNED, FileStatus.CACHED)
 
 
 @dataclass(frozen=True)
@@ -41,13 +47,34 @@ async def _named(sessions: SessionMaker, keys: list[str]) -> set[str]:
         )
 
 
+async def _in_flight(sessions: SessionMaker, keys: list[str]) -> set[tuple[int, int]]:
+    """The (file, attempt) pairs among `keys` that files are still at, their results to come."""
+    attempts = {found for found in map(_attempt_of, keys) if found is not None}
+    if not attempts:
+        return set()
+    async with sessions() as session:
+        rows = await session.execute(
+            select(File.id, File.attempt).where(
+                File.id.in_({file_id for file_id, _ in attempts}), File.status.in_(_IN_FLIGHT)
+            )
+        )
+        return {(file_id, attempt) for file_id, attempt in rows} & attempts
+
+
+def _attempt_of(key: str) -> tuple[int, int] | None:
+    found = _ATTEMPT.search(key)
+    return None if found is None else (int(found[1]), int(found[2]))
+
+
 async def _delete_unnamed(
     sessions: SessionMaker, store: ObjectStore, page: list[StoredObject]
 ) -> int:
     named = await _named(sessions, [item.key for item in page])
+    unnamed = [item for item in page if item.key not in named]
+    current = await _in_flight(sessions, [item.key for item in unnamed])
     deleted = 0
-    for item in page:
-        if item.key not in named:
+    for item in unnamed:
+        if _attempt_of(item.key) not in current:
             await store.delete(item.key)
             log.info("orphan.deleted", key=item.key, size=item.size)
             deleted += 1
