@@ -478,6 +478,20 @@ class RequestCancelled(Event):
     reason: str
 
 
+class RequestStalled(Event):
+    """The request made no progress for the broker's `stuck_after_s`: its unfinished files are
+    sent out again (drive `drive` of `max_drives`; one more and it fails). Emitted by the
+    broker's stuck sweep; consumed by the notifier, which tells PanDA's message targets."""
+
+    event_type: Literal["request.stalled"] = "request.stalled"
+    request_id: str
+    dataset: str
+    idempotency_key: str
+    reason: str
+    drive: int = Field(ge=1)
+    max_drives: int = Field(ge=1)
+
+
 class FileReady(Event):
     """Every range of one file of the request is in the object store, before the whole request
     may be. Emitted by the head's bookkeeping when the request asked `notify.files`; consumed
@@ -505,6 +519,7 @@ AnyEvent = Annotated[
     | RequestReady
     | RequestFailed
     | RequestCancelled
+    | RequestStalled
     | FileReady,
     Field(discriminator="event_type"),
 ]

@@ -38,7 +38,13 @@ _SPLIT_COMMAND_PLACEHOLDERS = frozenset(
 ROLES = ("panda", "pilot", "edge", "admin")
 MIN_TOKEN_LENGTH = 16
 #: The notices the notifier sends on the PanDA-facing exchange.
-PANDA_NOTICES = ("request.ready", "request.failed", "request.cancelled", "file.ready")
+PANDA_NOTICES = (
+    "request.ready",
+    "request.failed",
+    "request.cancelled",
+    "request.stalled",
+    "file.ready",
+)
 
 
 class EssSettings(BaseSettings):
@@ -269,7 +275,8 @@ class HeadSettings(EssSettings):
         return self
 
     #: Routing keys of the notices on `panda_exchange`, by event (`request.ready`,
-    #: `request.failed`, `request.cancelled`, `file.ready`); an event not named keeps its own.
+    #: `request.failed`, `request.cancelled`, `request.stalled`, `file.ready`); an event not
+    #: named keeps its own.
     panda_routing_keys: dict[str, str] = {}
     #: A request ready, failed or cancelled this long ago is expired: its range files and its
     #: rows are deleted. 0 keeps requests forever.

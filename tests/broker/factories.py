@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ess_broker.edges import handle_heartbeat
 from ess_common.db import enrollments
 from ess_common.db.models import Base, Edge, File, OutboxMessage, utcnow
-from ess_common.db.session import SessionMaker
+from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import (
     EdgeHeartbeat,
     FileAssigned,
@@ -173,3 +174,9 @@ async def beat_enrolled(session: AsyncSession, beat: EdgeHeartbeat) -> None:
     if await enrollments.key_of(session, beat.edge) is None:
         await enrollments.enroll(session, beat.edge)
     await handle_heartbeat(session, beat)
+
+
+async def enroll_edge(sessions: SessionMaker, edge: str) -> SecretStr:
+    """Enroll `edge` as the head's admin route does: its token signs what it sends."""
+    async with unit_of_work(sessions) as session:
+        return SecretStr(await enrollments.enroll(session, edge))

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -30,7 +31,13 @@ from ess_common.db.session import SessionMaker, make_engine, make_session_maker
 from ess_common.events import FileAssigned, FileWork, parse_event
 from ess_common.messaging.bus import Bus, Delivery, publish_event
 from ess_common.settings import HeadSettings
-from tests.broker.factories import file_cached, heartbeat, request_spec, split_done
+from tests.broker.factories import (
+    enroll_edge,
+    file_cached,
+    heartbeat,
+    request_spec,
+    split_done,
+)
 from tests.common.test_bus_contract import MAX_ATTEMPTS
 from tests.conftest import PostgresServer
 from tests.helpers import UniqueNames, eventually
@@ -71,13 +78,15 @@ class CachingEdge:
     """Answers each `file.assigned` with `file.cached` only: the test sends `split.done`."""
 
     bus: Bus
+    #: The enrolled edge's token, which signs what it sends.
+    token: SecretStr
     work: list[FileWork] = field(default_factory=list)
 
     async def __call__(self, delivery: Delivery) -> None:
         event = parse_event(delivery.body)
         assert isinstance(event, FileAssigned), event
         self.work.append(event.work)
-        await publish_event(self.bus, file_cached(event.work))
+        await publish_event(self.bus, file_cached(event.work), signed_with=self.token)
 
 
 def outage_retries(queue: str) -> float:
@@ -97,13 +106,13 @@ async def files_in(sessions: SessionMaker, status: FileStatus) -> int:
 async def test_results_sent_during_a_database_outage_are_applied_after_it(
     proxied: Proxied, bus: Bus, unique: UniqueNames
 ) -> None:
-    edge = CachingEdge(bus)
+    edge = CachingEdge(bus, await enroll_edge(proxied.direct, "edge-a"))
     await bus.consume(unique("edge"), ["file.assigned.*"], edge)
     settings = HeadSettings.model_validate({"sweep_interval_s": 0.1, "edge_lost_after_s": 60.0})
     broker = Broker(settings, bus, proxied.sessions)
     await broker.start()
     try:
-        await publish_event(bus, heartbeat("edge-a"))
+        await publish_event(bus, heartbeat("edge-a"), signed_with=edge.token)
         spec = request_spec("outage", n_files=N_FILES)
         await bus.publish("request.created", spec.model_dump_json().encode())
 
@@ -116,7 +125,7 @@ async def test_results_sent_during_a_database_outage_are_applied_after_it(
         before = outage_retries(results)
         await proxied.proxy.cut()
         for work in edge.work:
-            await publish_event(bus, split_done(work))
+            await publish_event(bus, split_done(work), signed_with=edge.token)
         # Each result is retried more often than a failing message may be, the database
         # still down: none is given up.
         await eventually(
@@ -144,7 +153,7 @@ async def test_live_edges_are_not_lost_for_a_database_outage(
     proxied: Proxied, bus: Bus, unique: UniqueNames
 ) -> None:
     lost_after = timedelta(seconds=2)
-    edge = CachingEdge(bus)
+    edge = CachingEdge(bus, await enroll_edge(proxied.direct, "edge-a"))
     await bus.consume(unique("edge"), ["file.assigned.*"], edge)
     settings = HeadSettings.model_validate(
         {"sweep_interval_s": 0.1, "edge_lost_after_s": lost_after.total_seconds()}
@@ -154,7 +163,7 @@ async def test_live_edges_are_not_lost_for_a_database_outage(
 
     async def beat() -> None:
         while beating:
-            await publish_event(bus, heartbeat("edge-a"))
+            await publish_event(bus, heartbeat("edge-a"), signed_with=edge.token)
             await asyncio.sleep(0.2)
 
     # Heartbeats once the broker's queue is there: a message nobody takes is not sent.

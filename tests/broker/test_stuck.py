@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from ess_broker.service import Broker
@@ -19,11 +20,11 @@ from ess_common.db.models import (
     RequestStatus,
 )
 from ess_common.db.session import SessionMaker
-from ess_common.events import FileAssigned, FileWork, RequestFailed, parse_event
+from ess_common.events import FileAssigned, FileWork, RequestFailed, RequestStalled, parse_event
 from ess_common.messaging.bus import Bus, Delivery, publish_event
 from ess_common.settings import HeadSettings
 from ess_common.store.local import LocalStore
-from tests.broker.factories import file_cached, heartbeat, request_spec, split_done
+from tests.broker.factories import enroll_edge, file_cached, heartbeat, request_spec, split_done
 from tests.head_api.support import running_head
 from tests.helpers import UniqueNames, eventually
 
@@ -35,6 +36,8 @@ class SilentEdge:
     """Takes every assignment; answers only once told to."""
 
     bus: Bus
+    #: The enrolled edge's token, which signs what it sends.
+    token: SecretStr
     answering: bool = False
     work: list[FileWork] = field(default_factory=list)
 
@@ -43,16 +46,22 @@ class SilentEdge:
         assert isinstance(event, FileAssigned), event
         self.work.append(event.work)
         if self.answering:
-            await publish_event(self.bus, file_cached(event.work))
-            await publish_event(self.bus, split_done(event.work))
+            await publish_event(self.bus, file_cached(event.work), signed_with=self.token)
+            await publish_event(self.bus, split_done(event.work), signed_with=self.token)
 
 
 @dataclass
 class Failures:
+    """The `request.failed` and `request.stalled` the broker announces."""
+
     events: list[RequestFailed] = field(default_factory=list)
+    stalled: list[RequestStalled] = field(default_factory=list)
 
     async def __call__(self, delivery: Delivery) -> None:
         event = parse_event(delivery.body)
+        if isinstance(event, RequestStalled):
+            self.stalled.append(event)
+            return
         assert isinstance(event, RequestFailed), event
         self.events.append(event)
 
@@ -65,9 +74,9 @@ async def request_status(sessions: SessionMaker) -> str | None:
 async def test_a_stuck_request_is_driven_then_failed_then_retried_to_ready(
     sessions: SessionMaker, bus: Bus, unique: UniqueNames, tmp_path: Path
 ) -> None:
-    edge, failures = SilentEdge(bus), Failures()
+    edge, failures = SilentEdge(bus, await enroll_edge(sessions, "edge-a")), Failures()
     await bus.consume(unique("edge"), ["file.assigned.*"], edge)
-    await bus.consume(unique("failed"), ["request.failed"], failures)
+    await bus.consume(unique("failed"), ["request.failed", "request.stalled"], failures)
     settings = HeadSettings.model_validate(
         {
             "sweep_interval_s": 0.1,
@@ -79,7 +88,7 @@ async def test_a_stuck_request_is_driven_then_failed_then_retried_to_ready(
     broker = Broker(settings, bus, sessions)
     await broker.start()
     try:
-        await publish_event(bus, heartbeat("edge-a"))
+        await publish_event(bus, heartbeat("edge-a"), signed_with=edge.token)
         await bus.publish(
             "request.created", request_spec("stuck", n_files=1).model_dump_json().encode()
         )
@@ -100,6 +109,10 @@ async def test_a_stuck_request_is_driven_then_failed_then_retried_to_ready(
         assert (request.status, request.error) == (RequestStatus.FAILED, failed.reason)
         assert (file.status, file.error) == (FileStatus.FAILED, failed.reason)
         assert kinds.count(RequestEventKind.DRIVEN) == 1
+        # PanDA heard of the drive too, before the failure.
+        (stalled,) = failures.stalled
+        assert (stalled.request_id, stalled.drive, stalled.max_drives) == (request.id, 1, 1)
+        assert stalled.reason.startswith("no progress for"), stalled.reason
         assert kinds[-1] == RequestEventKind.FAILED
 
         # The operator retries it; the edge answers this time.

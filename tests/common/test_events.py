@@ -32,6 +32,7 @@ from ess_common.events import (
     RequestFailed,
     RequestReady,
     RequestSpec,
+    RequestStalled,
     SplitDone,
     parse_event,
 )
@@ -124,6 +125,14 @@ def one_of_each() -> list[Event]:
         RequestFailed(request_id="r-1", dataset="mc:ds", idempotency_key="k", reason="gone"),
         RequestCancelled(
             request_id="r-1", dataset="mc:ds", idempotency_key="k", reason="not needed"
+        ),
+        RequestStalled(
+            request_id="r-1",
+            dataset="mc:ds",
+            idempotency_key="k",
+            reason="no progress for 1800 s",
+            drive=1,
+            max_drives=2,
         ),
         FileReady(
             request_id="r-1",

@@ -4,7 +4,8 @@ failed, never left waiting.
 
 Progress is the latest change of the request, of any of its files, or of its history. A drive
 takes its unfinished files back to pending (the sweep then assigns them as new attempts) and
-is told in the request's history (`driven`); after `stuck_max_drives` drives since the request
+is told in the request's history (`driven`) and to PanDA (`request.stalled`, with the drive's
+number); after `stuck_max_drives` drives since the request
 was received or last retried by an operator, a stuck request fails with the reason: its
 unfinished files fail, `request.failed` goes to the outbox (the notifier tells PanDA and the
 callback), and `POST /v1/requests/{id}/retry` may send it out again.
@@ -30,7 +31,7 @@ from ess_common.db.models import (
     RequestStatus,
     utcnow,
 )
-from ess_common.events import RequestFailed
+from ess_common.events import RequestFailed, RequestStalled
 from ess_common.messaging.outbox import add_event
 
 log = structlog.get_logger("ess.broker.stuck")
@@ -113,6 +114,18 @@ async def _drive(session: AsyncSession, request: Request, why: str, drive: int, 
         )
     detail = f"{why}: drive {drive} of {of}, {len(moved)} files sent out again"
     history.record(session, request.id, RequestEventKind.DRIVEN, detail=detail)
+    add_event(
+        session,
+        RequestStalled(
+            request_id=request.id,
+            dataset=request.dataset,
+            idempotency_key=request.idempotency_key,
+            reason=why,
+            drive=drive,
+            max_drives=of,
+            correlation_id=request.id,
+        ),
+    )
     log.warning("request.driven", request_id=request.id, drive=drive, files=len(moved), why=why)
 
 

@@ -1,6 +1,7 @@
 """The notifier daemon.
 
-Consumes `request.ready`, `request.failed`, `request.cancelled` and `file.ready`; records one
+Consumes `request.ready`, `request.failed`, `request.cancelled`, `request.stalled` and
+`file.ready`; records one
 notification per target (a message on the PanDA exchange, an HTTP callback) under a unique
 key, so a redelivered event adds nothing; then delivers the due ones, each claimed with
 `FOR UPDATE SKIP LOCKED` and marked sent in the same transaction. Failed callbacks are retried
@@ -10,7 +11,8 @@ Messages go to `panda_exchange` with the event's name as routing key unless
 `panda_routing_keys` names another, and, with `stomp_notice_destination`, the same body to that
 STOMP destination (PanDA's message broker), each confirmed by a receipt. `file.ready` is a
 message only (one per file and target; the file is part of the notice's key), sent when the
-request asked for messages and for files.
+request asked for messages and for files. `request.stalled` (the broker's stuck sweep sent a
+request's work out again) is a message only too, once per drive.
 An event that no longer matches its request (a `request.failed` after the request was retried
 or cancelled) is not announced.
 """
@@ -39,21 +41,27 @@ from ess_common.db.models import (
 )
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import BadMessage, PermanentError
-from ess_common.events import FileReady, RequestCancelled, RequestFailed, RequestReady
+from ess_common.events import (
+    FileReady,
+    RequestCancelled,
+    RequestFailed,
+    RequestReady,
+    RequestStalled,
+)
 from ess_common.messaging.bus import Bus
 from ess_common.messaging.dispatch import backoff
 from ess_common.messaging.handlers import transactional
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.messaging.stomp import StompPublisher
 from ess_common.runtime import every
-from ess_common.settings import HeadSettings
+from ess_common.settings import PANDA_NOTICES, HeadSettings
 from ess_notifier.delivery import HTTP, MESSAGE, STOMP, send
 
 log = structlog.get_logger("ess.notifier")
 
 
 RequestEvent = RequestReady | RequestFailed | RequestCancelled
-Notice = RequestEvent | FileReady
+Notice = RequestEvent | RequestStalled | FileReady
 
 #: The request status each request event announces.
 _STATUS_OF: dict[str, RequestStatus] = {
@@ -70,6 +78,8 @@ def payload(event: Notice, request: Request) -> dict[str, Any]:
         details = {"n_files": event.n_files, "n_ranges": event.n_ranges}
     elif isinstance(event, RequestFailed | RequestCancelled):
         details = {"reason": event.reason}
+    elif isinstance(event, RequestStalled):
+        details = {"reason": event.reason, "drive": event.drive, "max_drives": event.max_drives}
     else:
         details = {
             "file_id": event.file_id,
@@ -91,9 +101,12 @@ def payload(event: Notice, request: Request) -> dict[str, Any]:
 
 
 def notice_key(event: Notice) -> str:
-    """The notice's event in its unique key: per-file events are once per file."""
+    """The notice's event in its unique key: per-file events are once per file, a stalled
+    request's once per drive."""
     if isinstance(event, FileReady):
         return f"{event.event_type}/{event.file_id}"
+    if isinstance(event, RequestStalled):
+        return f"{event.event_type}/{event.drive}"
     return event.event_type
 
 
@@ -128,6 +141,9 @@ class Notifier:
         if isinstance(event, FileReady):
             wanted = request.notify_message and request.notify_files
             return messages if wanted else []
+        if isinstance(event, RequestStalled):
+            # Not an outcome: told where PanDA listens for news, not to the request's callback.
+            return messages if request.notify_message else []
         targets: list[tuple[str, str]] = []
         if request.notify_message:
             targets += messages
@@ -230,6 +246,7 @@ class Notifier:
                 RequestReady: self.handle_request_event,
                 RequestFailed: self.handle_request_event,
                 RequestCancelled: self.handle_request_event,
+                RequestStalled: self.handle_request_event,
                 FileReady: self.handle_request_event,
             },
         )
@@ -240,7 +257,7 @@ class Notifier:
 
         await self.bus.consume(
             f"{self.bus.exchange}.notifier",
-            ["request.ready", "request.failed", "request.cancelled", "file.ready"],
+            list(PANDA_NOTICES),
             handle_then_deliver,
         )
         self._task = asyncio.create_task(
