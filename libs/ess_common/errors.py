@@ -23,6 +23,11 @@ class Busy(RetryableError):
         self.retry_after_s = max(1, retry_after_s)
 
 
+class HeadUnavailable(RetryableError):
+    """The head, ESS's own service, could not be reached or could not serve (its database
+    down): an outage, retried for as long as it lasts, not a reason to give work up."""
+
+
 class PermanentError(EssError):
     """The input itself is wrong: retrying cannot help, the work is dead-lettered."""
 

@@ -1,5 +1,5 @@
 """Telling an outage from a failure: whether an error says a server ESS itself runs on
-(PostgreSQL, RabbitMQ) could not be reached, rather than that the work itself is wrong.
+(PostgreSQL, RabbitMQ, the head) could not be reached, rather than that the work itself is wrong.
 
 An outage is no reason to give work up: a message that met one is retried, with backoff, for
 as long as the outage lasts (`dispatch`). This is the one place that knows the drivers'
@@ -13,6 +13,8 @@ import errno
 import aiormq.exceptions
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy.exc
+
+from ess_common.errors import HeadUnavailable
 
 #: SQLSTATE classes of a server that cannot serve now: connection exception (08), operator
 #: intervention (57P: shutdown, crash, cannot connect now), insufficient resources (53).
@@ -42,6 +44,8 @@ _OUTAGE_TYPES: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
+    # What an edge's worker met asking the head where its work stands.
+    HeadUnavailable,
 )
 
 

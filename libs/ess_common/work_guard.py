@@ -23,7 +23,7 @@ import structlog
 from pydantic import SecretStr
 
 from ess_common import enrollment
-from ess_common.errors import BadMessage, Forbidden, RetryableError
+from ess_common.errors import BadMessage, Forbidden, HeadUnavailable, RetryableError
 from ess_common.events import FileAssigned, FileCached
 from ess_common.messaging.bus import EDGE_SIGNATURE_HEADER, Delivery
 from ess_common.settings import EdgeSettings
@@ -32,6 +32,10 @@ log = structlog.get_logger("ess.work_guard")
 
 #: A file's statuses in which an edge still has its work.
 _IN_FLIGHT = ("assigned", "cached")
+
+
+#: The head's answers while it cannot serve (its database down, a proxy without it).
+_UNAVAILABLE = frozenset({502, 503, 504})
 
 
 class WorkGuard:
@@ -87,13 +91,15 @@ class WorkGuard:
         headers = {"Authorization": f"Bearer {self.token.get_secret_value()}"}
         try:
             answer = await self._client().get(url, headers=headers)
-        except httpx.HTTPError as exc:
-            raise RetryableError(f"the head did not answer ({url}): {exc}") from exc
+        except httpx.TransportError as exc:
+            raise HeadUnavailable(f"the head did not answer ({url}): {exc}") from exc
         if answer.status_code == 404:
             return None
         if answer.status_code in (401, 403):
             # Not enrolled (any more): this edge's work can never be checked, so never done.
             raise Forbidden(f"the head refused this edge's token ({answer.status_code})")
+        if answer.status_code in _UNAVAILABLE:
+            raise HeadUnavailable(f"the head answered {answer.status_code} ({url})")
         if answer.status_code != 200:
             raise RetryableError(f"the head answered {answer.status_code} ({url})")
         found: dict[str, Any] = answer.json()

@@ -19,14 +19,16 @@ from ess_common.db.models import Edge, EdgeStatus
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.edge_work import work_handler
-from ess_common.errors import BadMessage, Forbidden
+from ess_common.errors import BadMessage, Forbidden, HeadUnavailable
 from ess_common.events import FileAssigned, FileCached, parse_event
 from ess_common.messaging.bus import Delivery, edge_signature
 from ess_common.messaging.memory import MemoryBus
+from ess_common.outages import is_outage
 from ess_common.store.local import LocalStore
 from ess_common.work_guard import WorkGuard
 from tests.broker.factories import heartbeat, outbox, request_spec
 from tests.head_api.support import running_head
+from tests.helpers import free_port
 
 LOST_AFTER = timedelta(seconds=60)
 ADMIN = "admin-token-of-the-guard-tests"
@@ -157,3 +159,15 @@ async def test_a_revoked_edge_is_refused_at_the_head(
         guard = WorkGuard("edge-a", token, "http://testserver", http=head.client)
         with pytest.raises(Forbidden, match="the head refused this edge's token"):
             await guard.admit(delivery, work_of(delivery))
+
+
+async def test_a_head_that_cannot_be_reached_is_an_outage_not_a_failure() -> None:
+    """Work waits out the head's outage (retried for as long as it lasts) instead of using up
+    its attempts and being dead-lettered."""
+    guard = WorkGuard("edge-a", SecretStr("edge-a.secret"), f"http://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(HeadUnavailable) as raised:
+            await guard.where_it_stands(1)
+    finally:
+        await guard.close()
+    assert is_outage(raised.value)
