@@ -36,7 +36,9 @@ from sqlalchemy.pool import NullPool
 from ess_cli.demo import request_body
 from ess_cli.embedded import free_port
 from ess_cli.sample import SampleFile
+from ess_common.db import enrollments
 from ess_common.db.migrate import upgrade
+from ess_common.db.session import make_engine, make_session_maker, unit_of_work
 from ess_common.store.s3 import S3Store
 
 EDGE = "edge-pipe"
@@ -139,6 +141,7 @@ async def run_flow(
     await store.start()
     try:
         await upgrade(db_url)
+        edge_token = await _enroll(db_url, EDGE)
         port = free_port()
         edge_port = free_port()
         env = {
@@ -167,6 +170,7 @@ async def run_flow(
         }
         edge_env = {
             "ESS_EDGE_NAME": EDGE,
+            "ESS_EDGE_TOKEN": edge_token,
             "ESS_EDGE_CACHE_DIR": str(workdir / "edge-cache"),
             "ESS_EDGE_QUOTA_BYTES": str(50 * 10**9),
             "ESS_EDGE_PORT": str(edge_port),
@@ -210,6 +214,16 @@ async def run_flow(
         async with admin.connect() as connection:
             await connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         await admin.dispose()
+
+
+async def _enroll(db_url: str, edge: str) -> str:
+    """The edge enrolled as an operator does (`ess edge enroll`); returns its token."""
+    engine = make_engine(db_url)
+    try:
+        async with unit_of_work(make_session_maker(engine)) as session:
+            return await enrollments.enroll(session, edge)
+    finally:
+        await engine.dispose()
 
 
 def _start(log: Path, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
