@@ -16,7 +16,7 @@ from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import DatasetFile, FileWork
 from ess_common.messaging.bus import ATTEMPT_HEADER, Bus, publish_event
 from ess_common.settings import HeadSettings
-from tests.broker.factories import request_spec, split_done
+from tests.broker.factories import enroll_edge, request_spec, split_done
 from tests.helpers import eventually
 
 EDGE_TOKEN = "e" * 32
@@ -74,13 +74,14 @@ async def test_a_refused_result_naming_a_real_request_changes_no_request(
         assert before is not None
         status, error = before.status, before.error
 
-    # Unsigned, then signed with a token the head does not know.
+    # The edge is enrolled: unsigned, then signed with a token the head does not know.
+    await enroll_edge(sessions, "edge-a")
     await publish_event(bus, split_done(work))
     await publish_event(bus, split_done(work), signed_with=SecretStr("x" * 32))
 
     rows = await eventually(lambda: dead_letters(sessions, 2), message="both refusals recorded")
     assert sorted(row.reason for row in rows) == [
-        "Forbidden: edge signature invalid",
+        "Forbidden: edge signature invalid for edge edge-a",
         "Forbidden: edge signature missing",
     ]
     assert [row.request_id for row in rows] == [None, None]
