@@ -13,7 +13,7 @@ import shlex
 import socket
 import string
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -346,6 +346,9 @@ class EdgeSettings(EssSettings):
     #: its heartbeats and results, checks the work the head signs for it, and is its bearer
     #: token at the head. The broker hears no edge without one.
     edge_token: SecretStr | None = None
+    #: Where to read this edge's token when ESS_EDGE_TOKEN is not set: a folder holding one
+    #: file per edge, named after it (a Kubernetes Secret of every edge's token, mounted).
+    edge_token_dir: Path | None = None
     #: On-demand splits (ranges a pilot asks for that no request prepared) this edge runs at
     #: once, each in its own process; an ask past them is answered 503 at once.
     edge_on_demand_slots: int = Field(default=2, ge=1, le=64)
@@ -401,6 +404,20 @@ class EdgeSettings(EssSettings):
     def _no_token(cls, value: object) -> object:
         # ESS_EDGE_TOKEN= (empty, as a deployment template leaves it before enrollment): none.
         return None if value == "" else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_dir(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("edge_token") not in (None, ""):
+            return data
+        folder, name = data.get("edge_token_dir"), data.get("edge_name")
+        if not folder or not name:
+            return data
+        try:
+            token = (Path(str(folder)) / str(name)).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"ESS_EDGE_TOKEN_DIR holds no token of edge {name}: {exc}") from exc
+        return {**data, "edge_token": token or None}
 
     @model_validator(mode="after")
     def _token_of_this_edge(self) -> EdgeSettings:

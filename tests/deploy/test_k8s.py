@@ -127,7 +127,9 @@ def test_every_variable_is_a_setting() -> None:
     assert {"ESS_DATABASE_URL", "ESS_BUS_URL", "ESS_STORE_URL", "ESS_HEAD_URL"} <= given
 
 
-def test_settings_from_the_config_and_secret_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_from_the_config_and_secret_validate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for name in [n for n in os.environ if n.startswith("ESS_")]:
         monkeypatch.delenv(name)
     env = dict(named("ConfigMap", "ess-config")["data"])
@@ -140,7 +142,12 @@ def test_settings_from_the_config_and_secret_validate(monkeypatch: pytest.Monkey
         if variable["name"].startswith("ESS_") and "$(" not in variable["value"]:
             monkeypatch.setenv(variable["name"], variable["value"])
     monkeypatch.setenv("ESS_EDGE_NAME", "ess-edge-0")  # the pod's name
-    EdgeSettings()
+    # The edges' tokens, as the Secret mounted in the pod gives them.
+    for edge, token in named("Secret", "ess-edge-tokens")["stringData"].items():
+        (tmp_path / edge).write_text(token)
+    monkeypatch.setenv("ESS_EDGE_TOKEN_DIR", str(tmp_path))
+    settings = EdgeSettings()
+    assert settings.edge_token is not None
 
 
 def test_every_workload_takes_the_config_and_the_secret() -> None:
