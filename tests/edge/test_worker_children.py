@@ -7,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+from ess_common.db.migrate import upgrade
 from ess_common.edge_work import edge_queues
 from ess_common.messaging.bus import dead_exchange
 from tests.conftest import AmqpServer, _queue_family
@@ -45,8 +46,11 @@ async def test_kill_9_of_an_edge_takes_its_workers_along(
 ) -> None:
     amqp_url = await amqp_server.check()
     exchange = f"ess-t-{os.urandom(6).hex()}"
+    # The edge's enrollment is kept in the head's database: a migrated one of the test's own.
+    database = f"sqlite+aiosqlite:///{tmp_path}/head.db"
+    await upgrade(database)
     env = cluster_env(
-        f"sqlite+aiosqlite:///{tmp_path}/unused.db",
+        database,
         amqp_url,
         exchange,
         free_port(),
