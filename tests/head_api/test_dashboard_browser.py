@@ -35,7 +35,7 @@ CHROMIUM_ARGS = [
 ]
 #: Seconds each download of the slow source waits: the request stays open long enough to be
 #: watched on its page.
-SLOW_S = 3.0
+SLOW_S = 10.0
 
 
 @pytest.fixture
