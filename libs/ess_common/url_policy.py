@@ -201,7 +201,11 @@ class UrlPolicy:
 
 def _shown(url: str) -> str:
     """The URL as a reason may quote it: without its credentials, cut short."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # Unparsable: whatever stands before an "@" may be credentials.
+        return "***@" + url.rpartition("@")[2][:300] if "@" in url else url[:300]
     if parts.username is not None or parts.password is not None:
         netloc = "***@" + parts.netloc.rpartition("@")[2]
         url = parts._replace(netloc=netloc).geturl()

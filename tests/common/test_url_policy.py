@@ -40,6 +40,8 @@ REFUSED = [
     "file://otherhost/data/f",
     "http://storage.example.org:notaport/f",
     "http:///no-host",
+    "http://[::1/x",
+    "http://user:pass@[::1/x",
 ]
 ALLOWED = [
     "https://storage.example.org/f",
