@@ -130,6 +130,8 @@ async def test_a_stuck_request_is_driven_then_failed_then_retried_to_ready(
             return await request_status(sessions) == RequestStatus.READY
 
         await eventually(ready, timeout=30, message="the retried request ready")
-        assert [w.attempt for w in edge.work] == [1, 2, 3]
+        # Sent out again as attempt 3 (a busy machine may let the sweep drive it once more
+        # before the edge's answer is recorded).
+        assert [w.attempt for w in edge.work][:3] == [1, 2, 3]
     finally:
         await broker.stop()
