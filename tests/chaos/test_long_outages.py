@@ -151,7 +151,7 @@ async def test_an_edge_gone_twice_the_lost_timeout_then_back(
         gone = EDGES[0]
         # Slow sources: the edge still holds assignments when it goes.
         sub = await world.submit(first_delay_s=3.0)
-        await world.wait_holding(sub, gone)
+        assert await world.wait_holding(sub, gone), f"{gone} got no file of the request"
         await wait_gone(world.kill(gone), timeout=30, what=f"the killed {gone}")
         back_at = world.clock() + 2 * EDGE_LOST_AFTER_S
 

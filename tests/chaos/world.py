@@ -252,10 +252,11 @@ class World:
 
         await eventually(under_way, timeout=60, interval=0.1, message="first ranges recorded")
 
-    async def wait_holding(self, sub: Submitted, edge: str) -> None:
-        """Until `edge` has a file of the request assigned and not yet split."""
+    async def wait_holding(self, sub: Submitted, edge: str) -> bool:
+        """Until `edge` has a file of the request assigned and not yet split (True), or the
+        request ended without (False: the broker placed its files elsewhere)."""
 
-        async def holding() -> bool:
+        async def holding() -> str | None:
             self.check_running()
             rows = await self._maybe(
                 "SELECT count(*) AS n FROM files WHERE request_id = $1 AND edge = $2 "
@@ -263,9 +264,13 @@ class World:
                 sub.request_id,
                 edge,
             )
-            return bool(rows and rows[0]["n"])
+            if rows and rows[0]["n"]:
+                return "holding"
+            rows = await self._maybe("SELECT status FROM requests WHERE id = $1", sub.request_id)
+            return "ended" if rows and rows[0]["status"] in FINAL else None
 
-        await eventually(holding, timeout=60, interval=0.1, message=f"{edge} holds work")
+        found = await eventually(holding, timeout=60, interval=0.1, message=f"{edge} holds work")
+        return found == "holding"
 
     async def wait_final(self, sub: Submitted, *, timeout: float = 90) -> str:  # noqa: ASYNC109
         async def final() -> str | None:
