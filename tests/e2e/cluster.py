@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,19 @@ class PandaEndpoint:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def service_queues(edges: Iterable[str]) -> list[str]:
+    """The queues the services of a deployment with these edges consume, named without the
+    exchange's prefix (as `forget` takes them)."""
+    return [
+        "broker.requests",
+        "broker.heartbeats",
+        "broker.results",
+        "notifier",
+        "dead.audit",
+        *(f"edge.{e}.{kind}" for e in edges for kind in ("assigned", "cached", "cancelled")),
+    ]
 
 
 async def forget(

@@ -19,7 +19,7 @@ import httpx
 from ess_cli.demo import request_body
 from ess_cli.sample import SampleFile, make_sample_dataset
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, cluster_env, forget, panda_inbox
+from tests.e2e.cluster import Cluster, cluster_env, forget, panda_inbox, service_queues
 from tests.helpers import S3Settings, eventually, free_port
 
 ADMIN_TOKEN = "admin-token-of-the-operations-tests"
@@ -137,14 +137,7 @@ async def running_deployment(
     finally:
         cluster.stop_all()
         await http.aclose()
-        queues = [
-            "broker.requests",
-            "broker.heartbeats",
-            "broker.results",
-            "notifier",
-            "dead.audit",
-            *(f"edge.{e}.{kind}" for e in EDGES for kind in ("assigned", "cached", "cancelled")),
-        ]
+        queues = service_queues(EDGES)
         panda = exchange.replace("ess-ops-", "panda-ops-")
         await amqp_server.delete([inbox], [])
         await forget(amqp_server, s3_settings, exchange, queues, bucket=bucket, exchanges=(panda,))

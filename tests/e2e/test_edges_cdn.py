@@ -35,7 +35,7 @@ from ess_common.db.session import make_engine, make_session_maker
 from ess_common.store.s3 import S3Store
 from ess_pilot.client import PilotClient
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, SlowFiles, cluster_env, forget
+from tests.e2e.cluster import Cluster, SlowFiles, cluster_env, forget, service_queues
 from tests.helpers import S3Settings, eventually, free_port
 
 pytestmark = pytest.mark.e2e
@@ -283,13 +283,7 @@ async def cdn(
         await http.aclose()
         await engine.dispose()
         await slow.stop()
-        queues = [
-            "broker.requests",
-            "broker.heartbeats",
-            "broker.results",
-            "dead.audit",
-            *(f"edge.{e}.{kind}" for e in EDGES for kind in ("assigned", "cached")),
-        ]
+        queues = service_queues(EDGES)
         await forget(amqp_server, s3_settings, exchange, queues, bucket=bucket)
 
 

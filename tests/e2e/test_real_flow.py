@@ -27,7 +27,7 @@ from ess_cli.pilot import download
 from ess_common.checksums import adler32_of_file
 from ess_common.db.session import make_engine
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, PandaEndpoint, forget
+from tests.e2e.cluster import Cluster, PandaEndpoint, forget, service_queues
 from tests.helpers import S3Settings, eventually, free_port
 
 pytestmark = pytest.mark.e2e
@@ -158,17 +158,7 @@ async def flow(
         cluster.stop_all()
         await panda.stop()
         await connection.close()
-        queues = [
-            "broker.requests",
-            "broker.heartbeats",
-            "broker.results",
-            "notifier",
-            "dead.audit",
-            "edge.edge-a.assigned",
-            "edge.edge-a.cached",
-            "edge.edge-b.assigned",
-            "edge.edge-b.cached",
-        ]
+        queues = service_queues(["edge-a", "edge-b"])
         await amqp_server.delete([f"{panda_exchange}.inbox"], [])
         await forget(
             amqp_server, s3_settings, exchange, queues, bucket=bucket, exchanges=(panda_exchange,)

@@ -22,7 +22,7 @@ import skhep_testdata
 from tests.common.test_rucio_catalogue import xrootd_rse
 from tests.common.test_stomp import STOMP_URL
 from tests.conftest import AmqpServer, PostgresServer, XRootDServer, empty_and_delete_bucket
-from tests.e2e.cluster import Cluster, panda_inbox
+from tests.e2e.cluster import Cluster, panda_inbox, service_queues
 from tests.grid_https import grid_https
 from tests.helpers import S3Settings, free_port
 from tests.panda_stomp import start as start_panda
@@ -184,19 +184,7 @@ async def _cleanup(
     bucket: str,
     *stomp_queues: str,
 ) -> None:
-    queues = [
-        f"{exchange}.{q}"
-        for q in (
-            "broker.requests",
-            "broker.heartbeats",
-            "broker.results",
-            "notifier",
-            "dead.audit",
-            "edge.edge-a.assigned",
-            "edge.edge-a.cached",
-            "edge.edge-a.cancelled",
-        )
-    ]
+    queues = [f"{exchange}.{q}" for q in service_queues(["edge-a"])]
     family = [f"{q}{s}" for q in queues for s in ("", ".retry", ".dead")]
     await amqp_server.delete(
         [*family, *stomp_queues], [exchange, f"{exchange}.dead", f"panda-{exchange}"]

@@ -29,7 +29,7 @@ from ess_cli.sample import SampleFile, make_sample_dataset
 from ess_common.db.session import make_engine
 from ess_common.store.base import range_key
 from tests.conftest import AmqpServer, PostgresServer
-from tests.e2e.cluster import Cluster, PandaEndpoint, cluster_env, forget
+from tests.e2e.cluster import Cluster, PandaEndpoint, cluster_env, forget, service_queues
 from tests.helpers import S3Settings, eventually, free_port
 
 pytestmark = pytest.mark.e2e
@@ -112,14 +112,7 @@ async def heads(
         cluster.stop_all()
         await panda.stop()
         await connection.close()
-        queues = [
-            "broker.requests",
-            "broker.heartbeats",
-            "broker.results",
-            "notifier",
-            "dead.audit",
-            *(f"edge.{e}.{kind}" for e in EDGES for kind in ("assigned", "cached", "cancelled")),
-        ]
+        queues = service_queues(EDGES)
         await amqp_server.delete([f"{panda_exchange}.inbox"], [])
         await forget(
             amqp_server, s3_settings, exchange, queues, bucket=bucket, exchanges=(panda_exchange,)
