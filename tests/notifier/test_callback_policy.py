@@ -14,15 +14,10 @@ from ess_notifier.service import Notifier
 from tests.notifier.test_notifier import (
     CallbackReceiver,
     handle,
-    http,
-    memory_bus,
     ready_request,
-    receiver,
     settings,
     the_notification,
 )
-
-__all__ = ["http", "memory_bus", "receiver"]  # fixtures shared with the notifier's own tests
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])

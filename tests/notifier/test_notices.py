@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -38,55 +37,17 @@ from ess_common.events import (
     SplitDone,
     parse_event,
 )
-from ess_common.messaging.amqp import AmqpBus
 from ess_common.messaging.bus import Bus, publish_event
 from ess_common.messaging.memory import MemoryBus
 from ess_notifier.service import Notice, Notifier
 from tests.helpers import UniqueNames, eventually
-from tests.notifier.test_notifier import CallbackReceiver, Recorder, notifications, settings
+from tests.notifier.test_notifier import CallbackReceiver, Recorder, handle, notifications, settings
 
 if TYPE_CHECKING:
-    from tests.conftest import AmqpServer
+    pass
 
 SCOPE = "mc16_13TeV"
 N_FILES = 3
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as client:
-        yield client
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[CallbackReceiver]:
-    receiver = CallbackReceiver()
-    await receiver.start()
-    try:
-        yield receiver
-    finally:
-        await receiver.close()
-
-
-@pytest.fixture
-async def panda_exchange(bus: Bus, amqp_server: AmqpServer) -> AsyncIterator[str]:
-    """An exchange of the test's own standing in for PanDA's; deleted afterwards."""
-    name = f"{bus.exchange}.panda"
-    try:
-        yield name
-    finally:
-        if isinstance(bus, AmqpBus):
-            await amqp_server.delete([], [name])
-
-
-@pytest.fixture
-async def memory_bus() -> AsyncIterator[MemoryBus]:
-    bus = MemoryBus(f"ess-t-{uuid.uuid4().hex[:12]}", max_attempts=3, backoff_s=0.05)
-    await bus.start()
-    try:
-        yield bus
-    finally:
-        await bus.close()
 
 
 def file_data(i: int) -> dict[str, Any]:
@@ -119,11 +80,6 @@ async def recorded(sessions: SessionMaker, **notify: Any) -> Request:
         )
         request.status = RequestStatus.ASSIGNED
     return request
-
-
-async def handle(notifier: Notifier, event: Notice) -> None:
-    async with unit_of_work(notifier.sessions) as session:
-        await notifier.handle_request_event(session, event)
 
 
 async def split_all(sessions: SessionMaker, request: Request) -> list[FileReady]:

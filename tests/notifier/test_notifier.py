@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -31,15 +30,14 @@ from ess_common.db.models import (
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import RequestFailed, RequestReady, RequestSpec
-from ess_common.messaging.amqp import AmqpBus
 from ess_common.messaging.bus import Bus, Delivery, publish_event
 from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import HeadSettings
-from ess_notifier.service import Notifier
+from ess_notifier.service import Notice, Notifier
 from tests.helpers import UniqueNames, eventually, free_port
 
 if TYPE_CHECKING:
-    from tests.conftest import AmqpServer
+    pass
 
 MAX_ATTEMPTS = 3
 SENTINEL = b"sentinel"
@@ -93,44 +91,6 @@ class Recorder:
         return [d for d in self.seen if d.body != SENTINEL]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[CallbackReceiver]:
-    receiver = CallbackReceiver()
-    await receiver.start()
-    try:
-        yield receiver
-    finally:
-        await receiver.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as client:
-        yield client
-
-
-@pytest.fixture
-async def memory_bus() -> AsyncIterator[MemoryBus]:
-    """For tests whose notifications are HTTP callbacks only: the bus carries nothing."""
-    bus = MemoryBus(f"ess-t-{uuid.uuid4().hex[:12]}", max_attempts=3, backoff_s=0.05)
-    await bus.start()
-    try:
-        yield bus
-    finally:
-        await bus.close()
-
-
-@pytest.fixture
-async def panda_exchange(bus: Bus, amqp_server: AmqpServer) -> AsyncIterator[str]:
-    """An exchange of the test's own standing in for PanDA's; deleted afterwards."""
-    name = f"{bus.exchange}.panda"
-    try:
-        yield name
-    finally:
-        if isinstance(bus, AmqpBus):
-            await amqp_server.delete([], [name])
-
-
 def settings(**changes: Any) -> HeadSettings:
     return HeadSettings.model_validate(
         {
@@ -178,7 +138,7 @@ async def ready_request(
     )
 
 
-async def handle(notifier: Notifier, event: RequestReady | RequestFailed) -> None:
+async def handle(notifier: Notifier, event: Notice) -> None:
     """What the notifier's consumer does with a delivery: one transaction per message."""
     async with unit_of_work(notifier.sessions) as session:
         await notifier.handle_request_event(session, event)
