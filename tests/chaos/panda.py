@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 from aiohttp import web
 
-from tests.helpers import free_port
+from tests.local_web import LocalWebServer
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,11 @@ class Notice:
     notification_id: str
 
 
-class PandaSide:
+class PandaSide(LocalWebServer):
     """Files served with a delay per name, and callbacks recorded (and held while `hold`)."""
 
     def __init__(self, files_dir: Path) -> None:
+        super().__init__()
         self.files_dir = files_dir
         self.delays: dict[str, float] = {}
         self.callbacks: list[Notice] = []
@@ -40,12 +41,10 @@ class PandaSide:
         self.open = asyncio.Event()
         self.open.set()
         self.arrived = asyncio.Event()
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.origin
 
     def file_url(self, name: str) -> str:
         return f"{self.url}/files/{name}"
@@ -64,17 +63,9 @@ class PandaSide:
         )
         return web.json_response({"ok": True})
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/files/{name}", self._file)
         app.router.add_post("/callback", self._callback)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 class PandaQueue:

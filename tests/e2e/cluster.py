@@ -24,6 +24,7 @@ import httpx
 from aiohttp import web
 
 from tests.helpers import S3Settings, enroll, eventually, free_port, local_servers_allowed
+from tests.local_web import LocalWebServer
 
 if TYPE_CHECKING:
     from tests.conftest import AmqpServer
@@ -170,20 +171,19 @@ class Cluster:
             await eventually(alive, timeout=60, message=f"edges {names} heartbeat")
 
 
-class SlowFiles:
+class SlowFiles(LocalWebServer):
     """A storage endpoint that takes its time: each GET (whole file or byte range) waits
     `delay_s` before the bytes come."""
 
     def __init__(self, directory: Path, *, delay_s: float) -> None:
+        super().__init__()
         self.directory = directory
         self.delay_s = delay_s
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
         #: GETs asked for, by file name.
         self.gets: dict[str, int] = {}
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
+        return f"{self.origin}/{name}"
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -191,48 +191,31 @@ class SlowFiles:
         await asyncio.sleep(self.delay_s)
         return web.FileResponse(self.directory / request.match_info["name"])
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/{name}", self._get)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
-class PandaEndpoint:
+class PandaEndpoint(LocalWebServer):
     """What PanDA would run: an HTTP endpoint taking callbacks; also serves source files."""
 
     def __init__(self, files_dir: Path) -> None:
+        super().__init__()
         self.files_dir = files_dir
         self.callbacks: list[dict[str, Any]] = []
         self.idempotency_keys: list[str] = []
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.origin
 
     async def _callback(self, request: web.Request) -> web.Response:
         self.callbacks.append(json.loads(await request.read()))
         self.idempotency_keys.append(request.headers.get("Idempotency-Key", ""))
         return web.json_response({"ok": True})
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/callback", self._callback)
         app.router.add_static("/files/", self.files_dir)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 def service_queues(edges: Iterable[str]) -> list[str]:
