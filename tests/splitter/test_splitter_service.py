@@ -45,6 +45,7 @@ from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
 from ess_common.store.local import LocalStore
 from ess_common.work_guard import WorkGuard
+from ess_split.split import SplitResult
 from ess_splitter import service
 from ess_splitter.service import Splitter
 from ess_splitter.strategy import split_file
@@ -417,8 +418,10 @@ async def test_a_file_moved_away_while_split_uploads_nothing_and_reports_nothing
             request_id = (await session.scalars(select(File.request_id))).one()
         real_split = splitter._split
 
-        async def split_then_moved(*args: Any) -> Any:
-            result = await real_split(*args)
+        async def split_then_moved(
+            source: Path, out_dir: Path, events_per_range: int, n_events: int
+        ) -> SplitResult:
+            result = await real_split(source, out_dir, events_per_range, n_events)
             # Meanwhile the edge was declared lost: the file is another edge's now.
             async with unit_of_work(sessions) as session:
                 await session.execute(
