@@ -93,4 +93,3 @@ async def test_a_callback_name_rebound_to_loopback_never_reaches_it(
         assert "rebind.invalid resolves to 127.0.0.1" in n.last_error
         assert "ESS_CALLBACK_NETWORKS" in n.last_error
     assert receiver.posts == []
-
