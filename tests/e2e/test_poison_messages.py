@@ -27,7 +27,7 @@ from ess_common.db.session import SessionMaker, make_engine, make_session_maker
 from ess_common.messaging.bus import audit_queue, dead_exchange
 from ess_common.messaging.memory import topic_pattern
 from tests.e2e.deployment import EDGES, Deployment
-from tests.e2e.poison import MUST_DIE, TARGETS, Kind, Poison, consumed, poison_messages, row_of
+from tests.e2e.poison import MUST_DIE, TARGETS, Poison, consumed, poison_messages, row_of
 from tests.helpers import eventually
 
 EDGE = EDGES[0]
@@ -199,12 +199,17 @@ async def test_poison_on_every_consumed_key_leaves_the_deployment_working(
         except AssertionError:
             raise AssertionError("not dead-lettered:\n" + "\n".join(missing)) from None
 
-        # Nothing is left waiting or retrying in any consumed queue.
+        # Nothing is left waiting or retrying in any consumed queue (twice in a row: a
+        # message being handled is counted nowhere for a moment).
+        empty_polls = 0
+
         async def settled() -> bool:
+            nonlocal empty_polls
             cluster.check_running()
             counts = [await depth(channel, q) for q in queues]
             counts += [await depth(channel, f"{q}.retry") for q in queues]
-            return sum(counts) == 0
+            empty_polls = empty_polls + 1 if sum(counts) == 0 else 0
+            return empty_polls >= 2
 
         await eventually(settled, timeout=120, interval=0.5, message="queues drained")
         letters = await letters_after(sessions, before)
@@ -220,7 +225,8 @@ async def test_poison_on_every_consumed_key_leaves_the_deployment_working(
                 # one carries no reason of ours.
                 if not p.dead_exchange and letter.reason in ("", "no reason given"):
                     problems.append(f"{p.kind} {p.detail}: dead-lettered without a reason")
-                if letter.reason.startswith("after ") and p.kind is not Kind.UNKNOWN_IDS:
+                # Nothing about a hostile message changes by waiting: it is refused at once.
+                if letter.reason.startswith("after "):
                     problems.append(
                         f"{p.kind} {p.detail} retried in {letter.queue}: {letter.reason}"
                     )
