@@ -145,3 +145,23 @@ async def enroll(db_url: str, edge: str) -> str:
             return await enrollments.enroll(session, edge)
     finally:
         await engine.dispose()
+
+
+#: A public address nothing answers on (TEST-NET-1, RFC 5737): a connection to it times out.
+UNANSWERED_PUBLIC = "192.0.2.1"
+
+
+class Rebinding:
+    """A resolver (`ess_common.pinned_http.Resolver`) answering `first` to the first lookup
+    and `then` to every later one: a name that resolves to a public address when it is
+    checked and to loopback a moment later (DNS rebinding)."""
+
+    def __init__(self, first: str = UNANSWERED_PUBLIC, then: str = "127.0.0.1") -> None:
+        self.first = first
+        self.then = then
+        #: The names looked up, in order.
+        self.lookups: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.lookups.append(host)
+        return [self.first if len(self.lookups) == 1 else self.then]

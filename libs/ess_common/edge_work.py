@@ -23,7 +23,7 @@ from ess_common.errors import PermanentError
 from ess_common.events import Event, FileAssigned, FileCached, FileFailed
 from ess_common.messaging.bus import Bus, Delivery, Handler, publish_event
 from ess_common.messaging.handlers import parse_for
-from ess_common.work_guard import WorkGuard
+from ess_common.work_guard import MovedOn, WorkGuard
 
 log = structlog.get_logger("ess.edge_work")
 
@@ -105,7 +105,8 @@ def work_handler(
     caller does not pass the token. Work of a request in `cancelled` is acknowledged unworked
     (`dropped` is told, to release what the work held) and nothing is published for it.
     With a `guard`, work the head did not sign for this edge is refused and work of an
-    assignment that moved on is dropped the same way (`ess_common.work_guard`).
+    assignment that moved on is dropped the same way (`ess_common.work_guard`), also when
+    `work` finds it moved on later (`MovedOn`).
     """
     if edge_token is None and os.environ.get("ESS_EDGE_TOKEN"):
         edge_token = SecretStr(os.environ["ESS_EDGE_TOKEN"])
@@ -124,6 +125,12 @@ def work_handler(
             return
         try:
             result = await work(event)
+        except MovedOn as moved:
+            # Rechecked before its results left the edge: nothing is published for it.
+            log.info("work.dropped_moved_on", stage=stage, reason=str(moved))
+            if dropped is not None:
+                dropped(event)
+            return
         except Exception as exc:
             permanent = isinstance(exc, PermanentError)
             if not permanent and delivery.attempt < max_attempts:

@@ -14,7 +14,9 @@ loopback proxy, a test's local servers).
 `check_resolved` is what the precacher, the edge's on-demand splits and the notifier apply
 before each connection: the host's names resolved, every address it has checked (a name that
 resolves to a refused address is refused too). An HTTP client follows redirects through
-`guard_redirects`, which checks each hop the same way.
+`guard_redirects`, which checks each hop the same way. The precacher's and the notifier's HTTP
+connections go only to the addresses checked for them (`ess_common.pinned_http`), so that a
+name resolving elsewhere between the check and the connection (DNS rebinding) gains nothing.
 """
 
 from __future__ import annotations
@@ -178,11 +180,18 @@ class UrlPolicy:
             if (why := self.refusal(address)) is not None:
                 raise UrlRefused(f"{_shown(url)}: {host} resolves to {address}; {why}")
 
-    def guard_redirects(self) -> dict[str, list[Callable[[httpx.Request], Awaitable[None]]]]:
-        """httpx `event_hooks` checking every request a client sends (redirects included)."""
+    def guard_redirects(
+        self, *, resolved: bool = True
+    ) -> dict[str, list[Callable[[httpx.Request], Awaitable[None]]]]:
+        """httpx `event_hooks` checking every request a client sends (redirects included).
+        A client whose connections are pinned (`ess_common.pinned_http`) checks the addresses
+        it connects to there: `resolved=False` leaves the names to it."""
 
         async def checked(request: httpx.Request) -> None:
-            await self.check_resolved(str(request.url))
+            if resolved:
+                await self.check_resolved(str(request.url))
+            else:
+                self.check(str(request.url))
 
         return {"request": [checked]}
 

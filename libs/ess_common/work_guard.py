@@ -10,6 +10,9 @@ assignments the head made and that still stand.
   request, is refused; a file that moved on (another edge has it, a later attempt, already
   split) is dropped unworked. An edge that comes back after it was declared lost thus drops
   its old assignments, which other edges now hold, before it does any work for them.
+- Before its results leave the edge (the splitter's uploads and its `split.done`) the head is
+  asked again (`still_current`): a file moved to another edge while it was being split
+  uploads nothing and reports nothing for the stale attempt (`MovedOn`).
 
 The head unreachable is a passing fault: the work is retried later.
 """
@@ -24,7 +27,7 @@ from pydantic import SecretStr
 
 from ess_common import enrollment
 from ess_common.errors import BadMessage, Forbidden, HeadUnavailable, RetryableError
-from ess_common.events import FileAssigned, FileCached
+from ess_common.events import FileAssigned, FileCached, FileWork
 from ess_common.messaging.bus import EDGE_SIGNATURE_HEADER, Delivery
 from ess_common.settings import EdgeSettings
 
@@ -36,6 +39,10 @@ _IN_FLIGHT = ("assigned", "cached")
 
 #: The head's answers while it cannot serve (its database down, a proxy without it).
 _UNAVAILABLE = frozenset({502, 503, 504})
+
+
+class MovedOn(Exception):
+    """The assignment of the work being done moved on: its results are dropped, unsent."""
 
 
 class WorkGuard:
@@ -117,6 +124,18 @@ class WorkGuard:
             raise BadMessage(
                 f"file {work.file_id} is of request {stands['request_id']}, not {work.request_id}"
             )
+        return self._current(work, stands)
+
+    async def still_current(self, work: FileWork) -> bool:
+        """Whether the work admitted earlier still stands now (a file the head no longer
+        knows does not). Raises when the head cannot be asked now (retry)."""
+        stands = await self.where_it_stands(work.file_id)
+        if stands is None or stands["request_id"] != work.request_id:
+            log.info("work.gone", request_id=work.request_id, file_id=work.file_id)
+            return False
+        return self._current(work, stands)
+
+    def _current(self, work: FileWork, stands: dict[str, Any]) -> bool:
         current = (
             stands["edge"] == self.edge
             and stands["attempt"] == work.attempt
@@ -132,4 +151,4 @@ class WorkGuard:
                 now_attempt=stands["attempt"],
                 now_status=stands["status"],
             )
-        return current
+        return bool(current)

@@ -272,3 +272,53 @@ async def test_requests_from_panda_with_any_correlation_id_are_recorded(
     assert len(set(ids.values())) == 4
     async with sessions() as session:
         assert (await session.scalars(select(DeadLetter))).all() == []
+
+
+async def test_a_request_from_the_bus_with_refused_urls_fails_with_the_reason(
+    sessions: SessionMaker, bus: Bus, unique: UniqueNames, start_broker: StartBroker
+) -> None:
+    """PanDA's `request.created` is checked by the URL policy the head API applies: a source
+    on loopback, a callback to the cloud metadata address are refused. The request is
+    recorded failed with the reason (PanDA told by `request.failed`), its message is
+    dead-lettered with it, none of its work goes out; the next request completes."""
+    edge, ready = await watch(bus, unique, sessions)
+    # The defaults, whatever the tests' own servers need.
+    await start_broker(source_networks=[])
+    await edge.beat("edge-a")
+    loopback = request_spec("task-loopback").model_dump(mode="json")
+    loopback["files"][1]["sources"] = ["http://127.0.0.1:8080/secret"]
+    metadata = request_spec("task-metadata").model_dump(mode="json")
+    metadata["notify"] = {"callback_url": "http://169.254.169.254/latest/meta-data/"}
+    for body in (loopback, metadata):
+        await bus.publish("request.created", json.dumps(body).encode())
+    await publish_event(bus, created("task-fine"))
+
+    await wait_ready(sessions, ready, "task-fine")
+
+    async def refused() -> list[DeadLetter]:
+        async with sessions() as session:
+            rows = (await session.scalars(select(DeadLetter))).all()
+        return list(rows) if len(rows) >= 2 else []
+
+    letters = await eventually(refused, message="both refused requests dead-lettered")
+    source, callback = sorted(d.reason for d in letters)
+    assert "ESS_SOURCE_NETWORKS" in source and "127.0.0.1" in source
+    assert "ESS_CALLBACK_NETWORKS" in callback and "169.254.169.254" in callback
+    async with sessions() as session:
+        failed = {
+            r.idempotency_key: r
+            for r in (
+                await session.scalars(select(Request).where(Request.status == RequestStatus.FAILED))
+            ).all()
+        }
+        announced = await outbox(session, "request.failed")
+    assert set(failed) == {"task-loopback", "task-metadata"}
+    assert "loopback" in (failed["task-loopback"].error or "")
+    assert "link-local" in (failed["task-metadata"].error or "")
+    assert {json.loads(row.body)["request_id"] for row in announced} == {
+        r.id for r in failed.values()
+    }
+    # None of the refused requests' files went to an edge.
+    assert {w.request_id for w in edge.work} == {
+        (await request_in(sessions, "task-fine", RequestStatus.READY)).id  # type: ignore[union-attr]
+    }

@@ -14,7 +14,13 @@ from ess_common.db.models import DeadLetter, File, Request, RequestEvent, Reques
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import DatasetFile, FileWork
-from ess_common.messaging.bus import ATTEMPT_HEADER, Bus, publish_event
+from ess_common.messaging.bus import (
+    ATTEMPT_HEADER,
+    QUEUE_HEADER,
+    REASON_HEADER,
+    Bus,
+    publish_event,
+)
 from ess_common.settings import HeadSettings
 from tests.broker.factories import enroll_edge, request_spec, split_done
 from tests.helpers import eventually
@@ -117,3 +123,23 @@ async def test_more_bad_envelopes_than_the_prefetch_hold_up_no_request(
     assert {row.reason for row in rows} == {
         "bad envelope: header x-ess-attempt is not an integer: 'one'"
     }
+
+
+async def test_a_dead_letter_naming_no_storable_request_or_with_byte_array_headers_is_recorded(
+    broker: Broker, sessions: SessionMaker, bus: Bus
+) -> None:
+    """The request a body names may be any text, one no database holds too (a NUL and a lone
+    surrogate written as JSON escapes): it names no request, and the dead letter is recorded
+    at once, not retried until it is lost. Header bytes given as an AMQP byte array are
+    recorded as text."""
+    body = b'{"correlation_id": "poison\\u0000\\ud800", "edge": "x"}'
+    await bus.publish(
+        "on.nothing",
+        body,
+        exchange=f"{bus.exchange}.dead",
+        headers={REASON_HEADER: "refused", QUEUE_HEADER: bytearray(b"edge.q\xff")},
+    )
+
+    (row,) = await eventually(lambda: dead_letters(sessions, 1), message="recorded")
+    assert (row.queue, row.reason, row.request_id) == ("edge.q\\xff", "refused", None)
+    assert row.body == body.decode()

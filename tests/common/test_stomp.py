@@ -1,6 +1,7 @@
 """PanDA over STOMP 1.2, on RabbitMQ's STOMP plugin, with PanDA's own client (panda-common's
 `MBSenderProxy` and `MBListenerProxy`, in child processes): requests in through the ingress,
-with the same idempotency and dead-lettering as over AMQP; notices out to PanDA's destination.
+with the same idempotency, URL policy and dead-lettering as over AMQP; notices out to PanDA's
+destination.
 """
 
 from __future__ import annotations
@@ -76,23 +77,32 @@ async def test_requests_sent_by_pandas_client_over_stomp_are_recorded_once(
     await ingress.start()
     try:
         good = request_spec("jedi-stomp-1").model_dump_json()
-        await _sent(tmp_path, f"/queue/{stomp_queue}", good, good, "this is not JSON {")
+        # The head's URL policy applies to what comes over STOMP too.
+        refused = request_spec(
+            "jedi-stomp-2", notify={"callback_url": "http://169.254.169.254/latest/"}
+        ).model_dump_json()
+        await _sent(tmp_path, f"/queue/{stomp_queue}", good, good, "this is not JSON {", refused)
 
         async def settled() -> bool:
             async with sessions() as session:
                 requests = (await session.scalars(select(Request))).all()
                 dead = (await session.scalars(select(DeadLetter))).all()
-            return len(requests) == 1 and len(dead) == 1
+            return len(requests) == 2 and len(dead) == 2
 
         await eventually(settled, timeout=30)
         async with sessions() as session:
-            (request,) = (await session.scalars(select(Request))).all()
-            (dead,) = (await session.scalars(select(DeadLetter))).all()
-            files = (await session.scalars(select(File))).all()
-        assert request.idempotency_key == "jedi-stomp-1"
+            recorded = {r.idempotency_key: r for r in (await session.scalars(select(Request)))}
+            dead_letters = (await session.scalars(select(DeadLetter))).all()
+            request = recorded["jedi-stomp-1"]
+            files = (await session.scalars(select(File).where(File.request_id == request.id))).all()
         assert len(files) == len(request_spec("jedi-stomp-1").files)
-        assert dead.queue == f"{bus.exchange}.broker.requests"
-        assert "invalid message" in dead.reason and dead.body == "this is not JSON {"
+        assert recorded["jedi-stomp-2"].status == RequestStatus.FAILED
+        assert "169.254.169.254" in (recorded["jedi-stomp-2"].error or "")
+        assert {d.queue for d in dead_letters} == {f"{bus.exchange}.broker.requests"}
+        (dead,) = [d for d in dead_letters if d.body == "this is not JSON {"]
+        assert "invalid message" in dead.reason
+        (refusal,) = [d for d in dead_letters if d is not dead]
+        assert "ESS_CALLBACK_NETWORKS" in refusal.reason
     finally:
         await ingress.stop()
         await broker.stop()

@@ -1,18 +1,23 @@
 """Sources the URL policy refuses (`ess_common.url_policy`) are never read by the precacher,
 whatever size and checksum the assignment gives: a file:// path outside the roots (or a link
-out of them), a loopback address, and a redirect from an allowed server to a refused one."""
+out of them), a loopback address, a redirect from an allowed server to a refused one, and a
+name that resolves to loopback after it was checked (DNS rebinding)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
 
 from ess_common.checksums import adler32_of_bytes
 from ess_common.errors import RetryableError
+from ess_common.url_policy import UrlRefused
+from ess_precacher.fetch import fetch_http
 from ess_precacher.service import Precacher
+from tests.helpers import Rebinding
 from tests.precacher.test_precacher import (
     IDLE_BUS,
     Original,
@@ -107,3 +112,35 @@ async def test_loopback_sources_and_redirects_to_them_are_refused(
     assert storage.gets == ["/hop"]
     assert cached_files(only_one) == []
     await expect_cached(precacher, assigned(original, [f"{storage.url}/file"]), original)
+
+
+async def test_a_source_name_rebound_to_loopback_never_reaches_it(
+    tmp_path: Path, storage: Storage
+) -> None:
+    """The source's name resolves to a public address, then to 127.0.0.1 (where the storage
+    listens): the connection goes to the address checked for it, never to the later answer,
+    and the loopback answer is refused with the reason."""
+    settings = edge_settings(tmp_path, **STRICT)
+    url = f"http://rebind.invalid:{urlsplit(storage.url).port}/file"
+    rebinding = Rebinding()
+    with pytest.raises(RetryableError, match=r"rebind\.invalid"):
+        await fetch_http(
+            url,
+            tmp_path / "first",
+            1.0,
+            settings.source_access,
+            settings.source_policy,
+            resolver=rebinding,
+        )
+    assert rebinding.lookups == ["rebind.invalid"] and storage.gets == []
+
+    with pytest.raises(UrlRefused, match=r"rebind.invalid resolves to 127\.0\.0\.1; .*loopback"):
+        await fetch_http(
+            url,
+            tmp_path / "second",
+            1.0,
+            settings.source_access,
+            settings.source_policy,
+            resolver=rebinding,
+        )
+    assert storage.gets == []

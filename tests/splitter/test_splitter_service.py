@@ -22,7 +22,7 @@ from ess_common.db import enrollments
 from ess_common.db.models import File, FileStatus
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
-from ess_common.edge_work import cache_path
+from ess_common.edge_work import cache_path, work_handler
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.events import (
     DatasetFile,
@@ -33,12 +33,19 @@ from ess_common.events import (
     SplitDone,
     parse_event,
 )
-from ess_common.messaging.bus import Bus, Delivery, publish_event
+from ess_common.messaging.bus import (
+    EDGE_SIGNATURE_HEADER,
+    Bus,
+    Delivery,
+    edge_signature,
+    publish_event,
+)
 from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
 from ess_common.store.local import LocalStore
 from ess_common.work_guard import WorkGuard
+from ess_split.split import SplitResult
 from ess_splitter import service
 from ess_splitter.service import Splitter
 from ess_splitter.strategy import split_file
@@ -386,3 +393,57 @@ async def test_through_the_bus_a_corrupt_file_fails_once_without_retries(
     assert isinstance(success, SplitDone)
     assert success.work.file.lfn == "NTUP.good.root"
     assert not (tmp_path / "objects" / "ranges" / SCOPE / "NTUP.cut-short.root").exists()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_file_moved_away_while_split_uploads_nothing_and_reports_nothing(
+    tmp_path: Path, sessions: SessionMaker
+) -> None:
+    """The head gives the file to another edge while this one splits it: asked again before
+    the uploads, the stale attempt uploads no object and publishes no `split.done`."""
+    settings = edge_settings(tmp_path)
+    store = LocalStore(tmp_path / "objects", "http://testserver", b"k")
+    await store.start()
+    bus = MemoryBus("ess-moved-test")
+    await bus.start()
+    await bus.declare("results", ["split.done.#", "file.failed.#"])
+    lfn = "NTUP.moved.root"
+    async with edge_at_a_head(sessions, tmp_path, settings, bus, store, [lfn]) as (
+        splitter,
+        _,
+    ):
+        cache(settings, "uproot-HZZ.root", lfn)
+        async with sessions() as session:
+            file_id = (await session.scalars(select(File.id))).one()
+            request_id = (await session.scalars(select(File.request_id))).one()
+        real_split = splitter._split
+
+        async def split_then_moved(
+            source: Path, out_dir: Path, events_per_range: int, n_events: int
+        ) -> SplitResult:
+            result = await real_split(source, out_dir, events_per_range, n_events)
+            # Meanwhile the edge was declared lost: the file is another edge's now.
+            async with unit_of_work(sessions) as session:
+                await session.execute(
+                    update(File)
+                    .where(File.id == file_id)
+                    .values(status=FileStatus.ASSIGNED, edge="edge-other", attempt=ATTEMPT + 1)
+                )
+            return result
+
+        splitter._split = split_then_moved  # type: ignore[method-assign]
+        event = file_cached(settings, lfn, HZZ_EVENTS, request_id=request_id, file_id=file_id)
+        token = splitter.guard.token
+        assert token is not None
+        body = event.model_dump_json().encode()
+        delivery = Delivery(
+            "q", event.routing_key(), body, {EDGE_SIGNATURE_HEADER: edge_signature(body, token)}
+        )
+        handle = work_handler(
+            bus, FileCached, "split", 3, splitter.handle_file_cached, guard=splitter.guard
+        )
+        await handle(delivery)
+
+    assert [p for p in (tmp_path / "objects").rglob("*") if p.is_file()] == []
+    assert await bus.depth("results") == 0
+    await bus.close()

@@ -61,6 +61,7 @@ async def record_request(
     request_id: str | None = None,
     catalogue: Catalogue | None = None,
     via: str = "bus",
+    refused: str | None = None,
 ) -> tuple[Request, bool]:
     """Insert the request and its files, or return the one recorded under the same key.
 
@@ -70,13 +71,15 @@ async def record_request(
     catalogue; a dataset the catalogue refuses (unknown, empty, a file without an event count)
     is recorded failed with the reason, and `request.failed` goes to the outbox. Returns the
     request and whether it was created now. `via` (api, bus) is how it came, for the metrics.
+    A request `refused` before its files are looked at (a URL the policy refuses, given as the
+    reason) is recorded failed the same way.
     """
     digest = spec_digest(spec)
     existing = await _recorded(session, spec, digest)
     if existing is not None:
         return existing, False
-    files, refused = list(spec.files), None
-    if not files:
+    files = list(spec.files)
+    if not files and refused is None:
         if catalogue is None:
             raise BadMessage(
                 f"request {spec.idempotency_key!r} names no files and no catalogue is "

@@ -40,9 +40,9 @@ def _count(headers: Mapping[str, Any], name: str, default: int, least: int) -> i
     value = headers.get(name)
     if value is None:
         return default
-    if isinstance(value, bytes):
+    if isinstance(value, bytes | bytearray):
         try:
-            value = value.decode("ascii")
+            value = bytes(value).decode("ascii")
         except UnicodeDecodeError:
             raise _Malformed(f"header {name} is not text") from None
     # A bool is an int to Python, never a count to a publisher.
@@ -61,9 +61,10 @@ def _text(headers: Mapping[str, Any], name: str) -> str | None:
     value = headers.get(name)
     if value is None or value == "" or value == b"":
         return None
-    if isinstance(value, bytes):
+    # AMQP's byte array (`x`) comes as a bytearray, its byte string as bytes.
+    if isinstance(value, bytes | bytearray):
         try:
-            return value.decode("utf-8")
+            return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             raise _Malformed(f"header {name} is not UTF-8") from None
     if not isinstance(value, str):

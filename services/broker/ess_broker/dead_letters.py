@@ -2,7 +2,8 @@
 request it belongs to when that can be told.
 
 Whatever the bytes of a body or a header, the row is written: text PostgreSQL cannot hold (a
-NUL byte, invalid UTF-8) is escaped (`\x00`, `\xff`). A refused message (unsigned or forged,
+NUL byte, invalid UTF-8) is escaped (`\x00`, `\xff`), and only a UUID is taken for the request
+a body names. A refused message (unsigned or forged,
 `x-ess-refused`) is recorded only: what it says, a request it names, is not believed, so no
 request is touched.
 """
@@ -10,6 +11,7 @@ request is touched.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,8 +33,11 @@ log = structlog.get_logger("ess.dead_letters")
 
 def escaped(value: object, limit: int) -> str:
     """Text any database holds: invalid UTF-8 and NUL bytes escaped, at most `limit` long."""
+    # AMQP carries bytes in a header as a byte array: text, not its Python representation.
     text = (
-        value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
+        bytes(value).decode("utf-8", errors="backslashreplace")
+        if isinstance(value, bytes | bytearray)
+        else str(value)
     )
     # A lone surrogate (a header decoded with surrogateescape) is no UTF-8 either.
     text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")
@@ -55,13 +60,20 @@ def _request_id(body: bytes) -> str | None:
         (data.get("work") or {}).get("request_id") if isinstance(data.get("work"), dict) else None,
         data.get("correlation_id"),
     ):
+        # Request ids are UUIDs: anything else names no request, and may be text no
+        # database takes (a NUL, a lone surrogate), which must not stop the recording.
         if isinstance(candidate, str) and len(candidate) <= 36:
-            return candidate
+            try:
+                return str(uuid.UUID(candidate))
+            except ValueError:
+                continue
     return None
 
 
 def _text(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode(errors="replace")
+    return str(value or "")
 
 
 def _server_reason(headers: Mapping[str, Any]) -> str | None:

@@ -1,6 +1,8 @@
 """The broker daemon.
 
-Consumes `request.created`, `edge.heartbeat`, the edges' results (`file.cached.*`,
+Consumes `request.created` (its sources and callback checked by the URL policy the head API
+applies: a refused request is recorded failed with the reason, PanDA is told, and the message
+is dead-lettered with it), `edge.heartbeat`, the edges' results (`file.cached.*`,
 `split.done.*`, `file.failed.*`, and `range.split.*` of on-demand splits) and every dead
 letter; produces `file.assigned.<edge>`, `request.ready` and `request.failed` through the
 outbox. A periodic sweep marks silent edges
@@ -33,6 +35,7 @@ from ess_common.catalogue import Catalogue
 from ess_common.db.models import Request, utcnow
 from ess_common.db.requests import as_spec, record_request
 from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.errors import Conflict
 from ess_common.events import (
     EdgeHeartbeat,
     FileCached,
@@ -42,16 +45,34 @@ from ess_common.events import (
     SplitDone,
 )
 from ess_common.messaging.bus import Bus, Delivery, Handler, audit_queue, dead_exchange
-from ess_common.messaging.handlers import flush_quietly, transactional
+from ess_common.messaging.handlers import flush_quietly, parse_for, transactional
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.outages import is_outage
+from ess_common.request_urls import check_request_urls
 from ess_common.runtime import every
 from ess_common.settings import HeadSettings
+from ess_common.url_policy import UrlRefused
 
 log = structlog.get_logger("ess.broker")
 
 #: A file that failed this many assignments fails its request.
 MAX_FILE_ATTEMPTS = 3
+
+
+def consumed_queues(exchange: str) -> dict[str, list[str]]:
+    """The queues the broker consumes and the routing keys bound to each (the last on the
+    dead-letter exchange: every dead letter)."""
+    return {
+        f"{exchange}.broker.requests": ["request.created"],
+        f"{exchange}.broker.heartbeats": ["edge.heartbeat"],
+        f"{exchange}.broker.results": [
+            "file.cached.*",
+            "split.done.*",
+            "file.failed.*",
+            "range.split.*",
+        ],
+        audit_queue(exchange): ["#"],
+    }
 
 
 class Broker:
@@ -80,6 +101,40 @@ class Broker:
             timedelta(seconds=settings.orphan_sweep_interval_s),
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._record_request = transactional(
+            sessions, self.relay, {RequestCreated: self.handle_request_created}
+        )
+
+    async def on_request_created(self, delivery: Delivery) -> None:
+        """A `request.created` from the bus: refused before anything else is done when the URL
+        policy refuses one of its URLs (`ess_common.request_urls`)."""
+        event = parse_for(delivery, RequestCreated)
+        assert isinstance(event, RequestCreated)
+        try:
+            check_request_urls(event, self.settings)
+        except UrlRefused as refusal:
+            async with unit_of_work(self.sessions) as session:
+                await self.refuse_request(session, event, str(refusal))
+            await flush_quietly(self.relay)
+            raise
+        await self._record_request(delivery)
+
+    async def refuse_request(
+        self, session: AsyncSession, event: RequestCreated, reason: str
+    ) -> None:
+        """Record the request failed with `reason` (`request.failed` goes to PanDA), unless its
+        idempotency key already names a request: that one is left as it is."""
+        try:
+            request, created = await record_request(
+                session,
+                as_spec(event),
+                request_id=await self._new_request_id(session, event),
+                refused=reason,
+            )
+        except Conflict:
+            log.warning("request.refused_conflict", idempotency_key=event.idempotency_key)
+            return
+        log.warning("request.refused", request_id=request.id, created=created, reason=reason)
 
     async def handle_request_created(self, session: AsyncSession, event: RequestCreated) -> None:
         request, created = await record_request(
@@ -165,31 +220,22 @@ class Broker:
     @property
     def queues(self) -> list[str]:
         """The queues this broker consumes."""
-        exchange = self.bus.exchange
-        return [
-            f"{exchange}.broker.requests",
-            f"{exchange}.broker.heartbeats",
-            f"{exchange}.broker.results",
-            audit_queue(exchange),
-        ]
+        return list(consumed_queues(self.bus.exchange))
 
     async def start(self) -> None:
-        requests, heartbeats, results, audit = self.queues
-        await self.bus.consume(
-            requests,
-            ["request.created"],
-            transactional(self.sessions, self.relay, {RequestCreated: self.handle_request_created}),
-        )
+        consumed = consumed_queues(self.bus.exchange)
+        requests, heartbeats, results, audit = consumed
+        await self.bus.consume(requests, consumed[requests], self.on_request_created)
         await self.bus.consume(
             heartbeats,
-            ["edge.heartbeat"],
+            consumed[heartbeats],
             self.from_edges(
                 transactional(self.sessions, self.relay, {EdgeHeartbeat: self.handle_heartbeat})
             ),
         )
         await self.bus.consume(
             results,
-            ["file.cached.*", "split.done.*", "file.failed.*", "range.split.*"],
+            consumed[results],
             self.from_edges(
                 transactional(
                     self.sessions,
@@ -205,7 +251,7 @@ class Broker:
         )
         await self.bus.consume(
             audit,
-            ["#"],
+            consumed[audit],
             self.handle_dead_letter,
             exchange=dead_exchange(self.bus.exchange),
         )

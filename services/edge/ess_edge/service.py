@@ -65,13 +65,11 @@ class Edge:
                 f"(ess edge enroll {self.settings.edge_name})",
             )
         self.settings.edge_cache_dir.mkdir(parents=True, exist_ok=True)
-        for queue, bindings in edge_queues(self.bus.exchange, self.settings.edge_name).items():
+        queues = edge_queues(self.bus.exchange, self.settings.edge_name)
+        for queue, bindings in queues.items():
             await self.bus.declare(queue, bindings)
-        await self.bus.consume(
-            cancelled_queue(self.bus.exchange, self.settings.edge_name),
-            ["request.cancelled"],
-            self.on_cancelled,
-        )
+        cancelled = cancelled_queue(self.bus.exchange, self.settings.edge_name)
+        await self.bus.consume(cancelled, queues[cancelled], self.on_cancelled)
         if self.server is not None:
             await self._serve(self.server)
         # The evictor first: a worker's download waits for room only while one runs.

@@ -1,5 +1,6 @@
 """Sending one notification: a message on the PanDA-facing exchange, a message on PanDA's
-STOMP destination, or an HTTP callback."""
+STOMP destination, or an HTTP callback (through `callback_client`: each connection goes only
+to addresses the callback policy checked for it, `ess_common.pinned_http`)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,26 @@ from ess_common.db.models import Notification
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.messaging.bus import Bus
 from ess_common.messaging.stomp import StompPublisher
+from ess_common.pinned_http import Resolver, pinned_transport, system_resolver
+from ess_common.settings import HeadSettings
 from ess_common.url_policy import UrlPolicy
 
 MESSAGE = "message"
 STOMP = "stomp"
 HTTP = "http"
+
+
+def callback_client(
+    settings: HeadSettings, *, resolver: Resolver = system_resolver
+) -> httpx.AsyncClient:
+    """The notifier's HTTP client: callbacks connect to the addresses the callback policy
+    checked when the connection is made (a name resolving elsewhere a moment later, DNS
+    rebinding, gains nothing); no redirects, no proxy from the environment."""
+    return httpx.AsyncClient(
+        timeout=settings.callback_timeout_s,
+        transport=pinned_transport(settings.callback_policy, resolver=resolver),
+        trust_env=False,
+    )
 
 
 async def send(

@@ -71,6 +71,11 @@ _STATUS_OF: dict[str, RequestStatus] = {
 }
 
 
+def consumed_queues(exchange: str) -> dict[str, list[str]]:
+    """The queue the notifier consumes and the routing keys bound to it."""
+    return {f"{exchange}.notifier": list(PANDA_NOTICES)}
+
+
 def payload(event: Notice, request: Request) -> dict[str, Any]:
     """What PanDA receives (message body and callback body alike)."""
     details: dict[str, Any]
@@ -255,11 +260,8 @@ class Notifier:
             await handler(delivery)
             await self.deliver_due()
 
-        await self.bus.consume(
-            f"{self.bus.exchange}.notifier",
-            list(PANDA_NOTICES),
-            handle_then_deliver,
-        )
+        for queue, bindings in consumed_queues(self.bus.exchange).items():
+            await self.bus.consume(queue, bindings, handle_then_deliver)
         self._task = asyncio.create_task(
             every(self.settings.sweep_interval_s, self.deliver_due, "deliver"),
             name="notifier-deliver",

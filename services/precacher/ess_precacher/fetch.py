@@ -15,6 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ess_common import xrootd
 from ess_common.errors import PermanentError, RetryableError
+from ess_common.pinned_http import Resolver, pinned_transport, system_resolver
 from ess_common.settings import EdgeSettings
 from ess_common.source_access import SourceAccess
 from ess_common.source_urls import as_read
@@ -31,17 +32,28 @@ async def fetch_file(url: str, target: Path) -> None:
 
 
 async def fetch_http(
-    url: str, target: Path, timeout_s: float, access: SourceAccess, policy: UrlPolicy
+    url: str,
+    target: Path,
+    timeout_s: float,
+    access: SourceAccess,
+    policy: UrlPolicy,
+    *,
+    resolver: Resolver = system_resolver,
 ) -> None:
+    """Each connection (redirects' too) goes to the addresses its host resolved to when they
+    were checked, never to what the name resolves to later (`ess_common.pinned_http`)."""
+    verify = access.ssl_context()
     try:
         async with (
             httpx.AsyncClient(
                 timeout=timeout_s,
                 follow_redirects=True,
-                verify=access.ssl_context(),
                 headers=access.headers(),
-                # Each redirect's host is checked as the first one was.
-                event_hooks=policy.guard_redirects(),
+                # Each redirect's URL is checked as the first one was, its addresses when its
+                # connection is made.
+                event_hooks=policy.guard_redirects(resolved=False),
+                transport=pinned_transport(policy, verify=verify, resolver=resolver),
+                trust_env=False,
             ) as client,
             client.stream("GET", url) as response,
         ):
@@ -103,8 +115,12 @@ async def fetch(url: str, target: Path, settings: EdgeSettings) -> None:
     source is a PermanentError naming the rule, and the next source is tried."""
     url = as_read(url)
     policy = settings.source_policy
-    await policy.check_resolved(url)
     scheme = urlparse(url).scheme
+    if scheme in ("http", "https"):
+        # Its addresses are checked where it connects, pinned for the connection.
+        policy.check(url)
+    else:
+        await policy.check_resolved(url)
     if scheme == "file":
         await fetch_file(url, target)
     elif scheme in ("http", "https"):

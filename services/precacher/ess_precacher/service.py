@@ -32,7 +32,13 @@ from ess_common import metrics, tracing
 from ess_common.cache_space import CacheSpace, Pin, reserve_waiting, split_headroom, touch
 from ess_common.catalogue import Catalogue, CatalogueUnavailable, order_sources
 from ess_common.checksums import adler32_of_file
-from ess_common.edge_work import CancelledRequests, assigned_queue, cache_path, work_handler
+from ess_common.edge_work import (
+    CancelledRequests,
+    assigned_queue,
+    cache_path,
+    edge_queues,
+    work_handler,
+)
 from ess_common.errors import ChecksumMismatch, EssError, RetryableError
 from ess_common.events import DatasetFile, FileAssigned, FileCached
 from ess_common.messaging.bus import Bus
@@ -207,9 +213,10 @@ class Precacher:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         # A multi-GB download may outlast RabbitMQ's consumer_timeout: its delivery is
         # handed back to the queue every `delivery_hold_s` while it runs.
+        queue = assigned_queue(self.bus.exchange, self.settings.edge_name)
         await self.bus.consume(
-            assigned_queue(self.bus.exchange, self.settings.edge_name),
-            [f"file.assigned.{self.settings.edge_name}"],
+            queue,
+            edge_queues(self.bus.exchange, self.settings.edge_name)[queue],
             held_briefly(
                 self.bus,
                 work_handler(

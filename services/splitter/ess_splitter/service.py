@@ -9,7 +9,8 @@ one split per worker slot runs at once, the deliveries beyond them wait for a sl
 engine does not cut is delivered whole as one range or reported as failed for good, as
 `split_unsplittable` says; a corrupt file fails for good at once, with how it is corrupt;
 objects left out of the range files are logged. Every range file exists before the first
-upload, so a failed split uploads nothing.
+upload, so a failed split uploads nothing; the head is asked again just before the uploads,
+so a file that moved to another edge meanwhile uploads nothing (`ess_common.work_guard`).
 """
 
 from __future__ import annotations
@@ -24,14 +25,20 @@ import structlog
 
 from ess_common import metrics, tracing
 from ess_common.cache_space import unpin
-from ess_common.edge_work import CancelledRequests, cache_path, cached_queue, work_handler
+from ess_common.edge_work import (
+    CancelledRequests,
+    cache_path,
+    cached_queue,
+    edge_queues,
+    work_handler,
+)
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.events import FileCached, RangeInfo, SplitDone
 from ess_common.messaging.bus import Bus
 from ess_common.messaging.long_work import held_briefly
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
-from ess_common.work_guard import WorkGuard
+from ess_common.work_guard import MovedOn, WorkGuard
 from ess_split.errors import SplitError
 from ess_split.split import SplitResult
 from ess_splitter.strategy import SplitOptions, split_file
@@ -108,6 +115,7 @@ class Splitter:
                         adler32=piece.adler32,
                     )
                 )
+            await self._still_current(event)
             # In the order of the ranges, whatever order the uploads finish in.
             uploads = [Upload(r.key, p.path) for r, p in zip(ranges, result.ranges, strict=True)]
             with tracing.span("split.upload", ranges=len(uploads)):
@@ -130,6 +138,17 @@ class Splitter:
         unpin(self.cache_dir, work.file_id, work.attempt)
         return SplitDone(work=work, ranges=ranges, correlation_id=event.correlation_id)
 
+    async def _still_current(self, event: FileCached) -> None:
+        """Raise `MovedOn` when the file moved to another edge (or attempt) while it was
+        split: the stale attempt uploads no object and reports no `split.done`. A splitter
+        without the edge's token takes no work from the bus (its guard refuses it), so its
+        direct calls (tests, tools) have no assignment to ask about."""
+        if self.guard.token is None:
+            return
+        if not await self.guard.still_current(event.work):
+            work = event.work
+            raise MovedOn(f"file {work.file_id} attempt {work.attempt} moved on while split")
+
     async def _split(
         self, source: Path, out_dir: Path, events_per_range: int, n_events: int
     ) -> SplitResult:
@@ -138,9 +157,10 @@ class Splitter:
     async def start(self) -> None:
         # A slow split may outlast RabbitMQ's consumer_timeout: its delivery is handed back
         # to the queue every `delivery_hold_s` while it runs.
+        queue = cached_queue(self.bus.exchange, self.settings.edge_name)
         await self.bus.consume(
-            cached_queue(self.bus.exchange, self.settings.edge_name),
-            [f"file.cached.{self.settings.edge_name}"],
+            queue,
+            edge_queues(self.bus.exchange, self.settings.edge_name)[queue],
             held_briefly(
                 self.bus,
                 work_handler(

@@ -15,8 +15,8 @@ from ess_common.errors import NotFound, TooLarge
 from ess_common.events import RequestCreated, RequestSpec
 from ess_common.messaging.handlers import flush_quietly
 from ess_common.messaging.outbox import add_event
+from ess_common.request_urls import check_request_urls
 from ess_common.settings import HeadSettings
-from ess_common.source_urls import as_read
 from ess_head_api import lifecycle
 from ess_head_api.auth import READERS, Role, require
 from ess_head_api.schemas import (
@@ -72,14 +72,9 @@ def check_limits(spec: RequestSpec, settings: HeadSettings) -> None:
 
 
 def check_urls(spec: RequestSpec, settings: HeadSettings) -> None:
-    """Refuse sources and a callback the URL policy refuses (`ess_common.url_policy`): 422
+    """Refuse sources and a callback the URL policy refuses (`ess_common.request_urls`): 422
     with the reason."""
-    sources = settings.source_policy
-    for f in spec.files:
-        for url in f.sources:
-            sources.check(as_read(url))
-    if spec.notify.callback_url is not None:
-        settings.callback_policy.check(spec.notify.callback_url)
+    check_request_urls(spec, settings)
 
 
 @router.post(
