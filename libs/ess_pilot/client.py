@@ -188,6 +188,7 @@ class PilotClient:
             for (i, _), outcome in zip(to_ask, await self._ask_and_serve(to_ask), strict=True):
                 outcomes[i] = outcome
         finally:
+            await self.downloader.flush()
             progress.close()
         return FetchResult([o for o in outcomes if o is not None])
 

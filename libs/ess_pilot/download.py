@@ -203,13 +203,38 @@ class Downloader:
         self._slots = asyncio.Semaphore(max_parallel)
         self._inflight: dict[str, asyncio.Task[ServedPiece]] = {}
         self._verified: dict[Path, tuple[int, int, str]] = {}
+        self._dirs: set[Path] = set()
+        self._sidecars: asyncio.Task[None] | None = None
 
     async def cancel(self) -> None:
-        """Stops downloads still running (their callers gave up)."""
+        """Stops downloads still running (their callers gave up); writes the sidecars of the
+        files held so far."""
         tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Every held file's sidecar written."""
+        while self._sidecars is not None and not self._sidecars.done():
+            await asyncio.shield(self._sidecars)
+        await self._write_sidecars()
+
+    def _hold(self, held: HeldFile) -> None:
+        """Held now; the sidecars are written in batches, in a worker thread."""
+        self.held.add(held)
+        if self._sidecars is None or self._sidecars.done():
+            self._sidecars = asyncio.create_task(self._write_sidecars(), name="held sidecars")
+
+    async def _write_sidecars(self) -> None:
+        while batch := self.held.take_unwritten():
+            await asyncio.to_thread(self.held.write_sidecars, batch)
+
+    def _make_dir(self, directory: Path) -> None:
+        if directory not in self._dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(directory)
 
     async def get(self, piece: Piece, scope: str, lfn: str) -> ServedPiece:
         """The piece on disk, verified (raises DownloadFailed)."""
@@ -280,10 +305,10 @@ class Downloader:
             file_last_event=piece.file_last_event,
         )
         if await self.verified(path, piece):
-            self.held.add(held)
+            self._hold(held)
             self.progress.advance(piece.size)
             return ServedPiece(piece, path, reused=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dir(path.parent)
         part = path.with_name(path.name + ".part")
         tally = _Tally(self.progress)
         summed = _RunningSum()
@@ -332,7 +357,7 @@ class Downloader:
         os.replace(part, path)
         stat = path.stat()
         self._verified[path] = (stat.st_size, stat.st_mtime_ns, piece.adler32)
-        self.held.add(held)
+        self._hold(held)
         return ServedPiece(piece, path)
 
     async def _refreshed(self, piece: Piece, scope: str, lfn: str) -> Piece:
