@@ -180,7 +180,9 @@ async def drop_database(url: str) -> None:
     )
     try:
         async with admin.connect() as connection:
-            await connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}"'))
+            await connection.execute(
+                text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
+            )
     finally:
         await admin.dispose()
 
@@ -367,20 +369,25 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    raw = list(sys.argv[1:] if argv is None else argv)
-    args = parse(raw)
+async def run(argv: Sequence[str]) -> str:
+    """The whole benchmark: the page, printed and written to `--out`."""
+    args = parse(argv)
     if args.ranges < 1 or args.rounds < 1 or args.parallel < 1:
         raise SystemExit("--ranges, --rounds and --parallel must be at least 1")
     before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ess-pilot-bench-") as tmp:
-        result = asyncio.run(measure(args, Servers.from_env(), Path(tmp)))
+        result = await measure(args, Servers.from_env(), Path(tmp))
     load = f"1-minute load average {before:.2f} before the runs, {os.getloadavg()[0]:.2f} after"
-    text_ = page(args, result, raw, load)
+    text_ = page(args, result, argv, load)
     print(text_)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text_)
+    return text_
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    asyncio.run(run(list(sys.argv[1:] if argv is None else argv)))
     return 0
 
 

@@ -1,9 +1,10 @@
 """The pilot's client: PanDA event ranges in, payload ranges on local disk out.
 
 For a batch of ranges it first serves what files already held cover, then asks a close edge
-(when configured) or the head for the rest in one `POST /v1/ranges/lookup`, downloads every
-piece of the answer in parallel and rewrites each range for the payload (`ess_pilot.ranges`).
-The edge is asked once; what it cannot serve (it is down, answers 5xx or anything but a
+(when configured) or the head for the rest in `POST /v1/ranges/lookup`s of growing batches (the
+downloads of one batch run while the next is looked up), downloads every piece of the answers
+in parallel and rewrites each range for the payload (`ess_pilot.ranges`). The edge is asked
+once per batch; what it cannot serve (it is down, answers 5xx or anything but a
 well-formed answer, or fails the range) is asked of the head, with retries. Nothing raises for
 a range that could not be served: it comes back failed, with the reason.
 
