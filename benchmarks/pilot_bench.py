@@ -14,8 +14,10 @@
    - pilot: ``PilotClient.fetch`` of the PanDA event ranges (one per object) into an empty
      directory, ``max_parallel=--parallel``: the batched lookup at the head, the downloads, the
      size and adler32 checks, the held-file records, the payload ranges.
-   and reports the median of each, their ratio (the target: the pilot within 1.1x of the plain
-   GETs) and the lookup alone (one ``POST /v1/ranges/lookup`` of every range).
+   and reports the median of each, the median of each round's ratio pilot / plain GETs (the
+   target: the pilot within 1.1x of the plain GETs; a round's two runs share the machine's load
+   of the moment), the CPU this process spent in each (the client's own handling), and the
+   lookup alone (one ``POST /v1/ranges/lookup`` of every range).
 4. Prints the page and writes it, with the command and the machine, to ``--out``.
 
 Everything runs on 127.0.0.1; the server is stopped, the bucket and the database removed.
@@ -190,8 +192,22 @@ async def drop_database(url: str) -> None:
 # --- the two clients ----------------------------------------------------------------------------
 
 
-async def plain_gets(urls: Sequence[str], dest: Path, parallel: int) -> float:
-    """Seconds to GET every URL, `parallel` at a time, each body written to a file."""
+@dataclass(frozen=True)
+class Timed:
+    wall_s: float
+    cpu_s: float
+
+
+def timed(started: tuple[float, float]) -> Timed:
+    return Timed(time.perf_counter() - started[0], time.process_time() - started[1])
+
+
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+async def plain_gets(urls: Sequence[str], dest: Path, parallel: int) -> Timed:
+    """Time to GET every URL, `parallel` at a time, each body written to a file."""
     slots = asyncio.Semaphore(parallel)
     dest.mkdir(parents=True)
 
@@ -202,25 +218,25 @@ async def plain_gets(urls: Sequence[str], dest: Path, parallel: int) -> float:
                 async for chunk in response.aiter_bytes():
                     out.write(chunk)
 
-    started = time.perf_counter()
+    started = clock()
     async with httpx.AsyncClient(timeout=60) as http:
         await asyncio.gather(*(get(http, i, url) for i, url in enumerate(urls)))
-    return time.perf_counter() - started
+    return timed(started)
 
 
 async def pilot_fetch(
     head_url: str, token: str, ranges: Sequence[dict[str, Any]], dest: Path, parallel: int
-) -> float:
-    """Seconds for `PilotClient.fetch` of every range into an empty `dest`, all served."""
-    started = time.perf_counter()
+) -> Timed:
+    """Time for `PilotClient.fetch` of every range into an empty `dest`, all served."""
+    started = clock()
     async with PilotClient(
         head_url, dest, token=token, max_parallel=parallel, progress=False
     ) as client:
         result = await client.fetch(ranges)
-    seconds = time.perf_counter() - started
+    spent = timed(started)
     if not result.all_served:
         raise RuntimeError(f"the pilot failed ranges: {result.failed[0].reason}")
-    return seconds
+    return spent
 
 
 async def lookup_alone(head_url: str, token: str, ranges: Sequence[dict[str, Any]]) -> float:
@@ -247,13 +263,24 @@ async def lookup_alone(head_url: str, token: str, ranges: Sequence[dict[str, Any
 
 @dataclass(frozen=True)
 class Result:
-    plain_s: list[float]
-    pilot_s: list[float]
+    plain: list[Timed]
+    pilot: list[Timed]
     lookup_s: list[float]
 
     @property
+    def ratios(self) -> list[float]:
+        return [p.wall_s / g.wall_s for p, g in zip(self.pilot, self.plain, strict=True)]
+
+    @property
     def ratio(self) -> float:
-        return statistics.median(self.pilot_s) / statistics.median(self.plain_s)
+        """The median of the rounds' ratios."""
+        return statistics.median(self.ratios)
+
+
+def median_of(values: Sequence[Timed]) -> Timed:
+    return Timed(
+        statistics.median(v.wall_s for v in values), statistics.median(v.cpu_s for v in values)
+    )
 
 
 async def measure(args: argparse.Namespace, servers: Servers, workdir: Path) -> Result:
@@ -292,7 +319,9 @@ async def measure(args: argparse.Namespace, servers: Servers, workdir: Path) -> 
         # Once each, unmeasured: the objects in the server's page cache, the head warm.
         await plain_gets(urls, workdir / "warm-plain", args.parallel)
         await pilot_fetch(server.url, token, ranges, workdir / "warm-pilot", args.parallel)
-        plain, pilot, lookup = [], [], []
+        plain: list[Timed] = []
+        pilot: list[Timed] = []
+        lookup: list[float] = []
         for n in range(args.rounds):
             plain.append(await plain_gets(urls, workdir / f"plain-{n}", args.parallel))
             pilot.append(
@@ -302,7 +331,7 @@ async def measure(args: argparse.Namespace, servers: Servers, workdir: Path) -> 
             shutil.rmtree(workdir / f"plain-{n}")
             shutil.rmtree(workdir / f"pilot-{n}")
             print(
-                f"round {n + 1}: plain {plain[-1]:.3f} s, pilot {pilot[-1]:.3f} s, "
+                f"round {n + 1}: plain {plain[-1].wall_s:.3f} s, pilot {pilot[-1].wall_s:.3f} s, "
                 f"lookup {lookup[-1] * 1000:.1f} ms",
                 file=sys.stderr,
             )
@@ -318,13 +347,12 @@ async def measure(args: argparse.Namespace, servers: Servers, workdir: Path) -> 
 
 def page(args: argparse.Namespace, result: Result, argv: Sequence[str], load: str) -> str:
     total_mb = args.ranges * args.object_kb / 1024
-    plain, pilot = statistics.median(result.plain_s), statistics.median(result.pilot_s)
+    plain, pilot = median_of(result.plain), median_of(result.pilot)
     lookup = statistics.median(result.lookup_s)
     verdict = "met" if result.ratio <= RATIO_TARGET else "**not met**"
     command = " ".join(["python -m benchmarks.pilot_bench", *map(shlex.quote, argv)])
-    runs = ", ".join(
-        f"{p:.3f}/{g:.3f}" for p, g in zip(result.pilot_s, result.plain_s, strict=True)
-    )
+    pairs = zip(result.pilot, result.plain, strict=True)
+    runs = ", ".join(f"{p.wall_s:.3f}/{g.wall_s:.3f}" for p, g in pairs)
     return f"""# A pilot's fetch against plain GETs
 
 Written by `python -m benchmarks.pilot_bench` (see its docstring); rerun it to refresh this page.
@@ -338,18 +366,20 @@ Written by `python -m benchmarks.pilot_bench` (see its docstring); rerun it to r
 - head: the head API under uvicorn, {args.workers} worker process(es), PostgreSQL on this machine,
   bearer tokens on, SigV4 signed URLs
 - both clients: {args.parallel} downloads at a time (the pilot's default `--max-parallel`),
-  httpx, bodies written to files; median of {args.rounds} alternating rounds after one unmeasured
-  round of each
+  httpx, bodies written to files; {args.rounds} rounds, each a plain run then a pilot run, after
+  one unmeasured run of each
 
-| what | seconds (median) | ratio to plain GETs |
-|---|--:|--:|
-| plain GETs of the signed URLs (made beforehand) | {plain:.3f} | 1.00 |
+| what | seconds (median) | CPU seconds of this process (median) | ratio to plain GETs |
+|---|--:|--:|--:|
+| plain GETs of the signed URLs (made beforehand) \
+| {plain.wall_s:.3f} | {plain.cpu_s:.3f} | 1.00 |
 | pilot: `PilotClient.fetch` (lookups, downloads, checks, held-file records) \
-| {pilot:.3f} | {result.ratio:.2f} |
+| {pilot.wall_s:.3f} | {pilot.cpu_s:.3f} | {pilot.wall_s / plain.wall_s:.2f} |
 | the lookup alone (one `POST /v1/ranges/lookup` of every range) \
-| {lookup:.3f} | {lookup / plain:.2f} |
+| {lookup:.3f} | | {lookup / plain.wall_s:.2f} |
 
-- pilot / plain GETs: **{result.ratio:.2f}x** (target <= {RATIO_TARGET}x: {verdict})
+- pilot / plain GETs, the median of the rounds' ratios: **{result.ratio:.2f}x** \
+(target <= {RATIO_TARGET}x: {verdict})
 - rounds, pilot/plain seconds: {runs}
 """
 

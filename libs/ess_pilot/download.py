@@ -168,6 +168,9 @@ def _adler32_of_prefix(path: Path, size: int) -> int:
     return value
 
 
+#: Sidecars written in one hand-over to a worker thread during a fetch.
+SIDECAR_BATCH = 32
+
 #: Asks again for a piece's signed URL (scope, LFN): the fresh piece, or None.
 Refresh = Callable[[Piece, str, str], Awaitable[Piece | None]]
 
@@ -222,9 +225,11 @@ class Downloader:
         await self._write_sidecars()
 
     def _hold(self, held: HeldFile) -> None:
-        """Held now; the sidecars are written in batches, in a worker thread."""
+        """Held now; the sidecars are written SIDECAR_BATCH at a time in a worker thread (each
+        hand-over to a thread costs the event loop the GIL for a while), the rest by `flush`."""
         self.held.add(held)
-        if self._sidecars is None or self._sidecars.done():
+        idle = self._sidecars is None or self._sidecars.done()
+        if idle and self.held.unwritten >= SIDECAR_BATCH:
             self._sidecars = asyncio.create_task(self._write_sidecars(), name="held sidecars")
 
     async def _write_sidecars(self) -> None:

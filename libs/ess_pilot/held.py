@@ -3,9 +3,10 @@
 Next to each verified file a small `<file>.ess.json` records which events of which original
 file it holds, so that a later range those events cover is served from disk without asking
 anyone, by this process or a later one using the same directory. A file is held (in memory)
-as soon as it is verified; its sidecar is written a little later, off the event loop, in
-batches (`take_unwritten`, `write_sidecars`): a process killed meanwhile leaves a verified
-file without a sidecar, which a later process finds by a lookup and uses without downloading.
+as soon as it is verified; its sidecar is written later, off the event loop, in batches
+(`take_unwritten`, `write_sidecars`), at the latest when the fetch ends: a process killed
+meanwhile leaves verified files without sidecars, which a later process finds by a lookup and
+uses without downloading them again.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ class HeldFiles:
         """Held from now on; its sidecar waits for `write_sidecars`."""
         self._files.setdefault((held.scope, held.lfn), {})[held.key] = held
         self._unwritten[held.key] = held
+
+    @property
+    def unwritten(self) -> int:
+        return len(self._unwritten)
 
     def take_unwritten(self) -> list[HeldFile]:
         """The held files whose sidecars are still to be written (handed over once)."""

@@ -48,6 +48,6 @@ async def test_tiny_run_prints_and_writes_the_page(
     assert page.read_text() == written
     assert written in capsys.readouterr().out
     assert "12 range files of 16 KiB" in written
-    assert "pilot / plain GETs: **" in written
+    assert "pilot / plain GETs, the median of the rounds' ratios: **" in written
     for row in ("plain GETs of the signed URLs", "pilot: `PilotClient.fetch`", "lookup alone"):
         assert row in written
