@@ -19,6 +19,7 @@ from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_val
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ess_common import enrollment
+from ess_common.messaging.stomp_queue import ingress_queue
 from ess_common.source_access import SourceAccess
 from ess_common.url_policy import UrlPolicy, parse_networks
 
@@ -260,8 +261,10 @@ class HeadSettings(EssSettings):
     #: PanDA's message broker over STOMP 1.2: stomp://user:password@host:port/vhost
     #: (stomp+ssl:// for TLS; the vhost, default "/", goes in the CONNECT frame's host header).
     stomp_url: str | None = Field(default=None, pattern=r"^stomp(\+ssl)?://")
-    #: Where PanDA sends `request.created` over STOMP (e.g. /queue/ess.requests); the broker
-    #: hands each message to the bus as if it had come over AMQP. None: no STOMP ingress.
+    #: The queue PanDA sends `request.created` to over STOMP (/queue/ess.requests or
+    #: /amq/queue/ess.requests: the queue ess.requests, a quorum queue the broker declares);
+    #: the broker hands each message to the bus as if it had come over AMQP. None: no STOMP
+    #: ingress.
     stomp_request_destination: str | None = None
     #: Where the notices for PanDA go over STOMP (e.g. /queue/panda.ess), as well as to
     #: `panda_exchange`. None: no STOMP notices.
@@ -272,6 +275,8 @@ class HeadSettings(EssSettings):
         destinations = (self.stomp_request_destination, self.stomp_notice_destination)
         if self.stomp_url is None and any(destinations):
             raise ValueError("a STOMP destination is set but ESS_STOMP_URL is not")
+        if self.stomp_request_destination is not None:
+            ingress_queue(self.stomp_request_destination)
         return self
 
     #: Routing keys of the notices on `panda_exchange`, by event (`request.ready`,

@@ -1,9 +1,10 @@
 """The pilot's client: PanDA event ranges in, payload ranges on local disk out.
 
 For a batch of ranges it first serves what files already held cover, then asks a close edge
-(when configured) or the head for the rest in one `POST /v1/ranges/lookup`, downloads every
-piece of the answer in parallel and rewrites each range for the payload (`ess_pilot.ranges`).
-The edge is asked once; what it cannot serve (it is down, answers 5xx or anything but a
+(when configured) or the head for the rest in `POST /v1/ranges/lookup`s of growing batches (the
+downloads of one batch run while the next is looked up), downloads every piece of the answers
+in parallel and rewrites each range for the payload (`ess_pilot.ranges`). The edge is asked
+once per batch; what it cannot serve (it is down, answers 5xx or anything but a
 well-formed answer, or fails the range) is asked of the head, with retries. Nothing raises for
 a range that could not be served: it comes back failed, with the reason.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
@@ -48,6 +49,9 @@ log = logging.getLogger("ess_pilot")
 
 #: The head takes at most this many ranges in one lookup.
 MAX_BATCH = 10_000
+#: The first lookup of a fetch asks for this many ranges per download slot (`max_parallel`):
+#: enough to keep every slot busy while the next, larger batch is looked up.
+FIRST_BATCH_PER_SLOT = 4
 
 
 class LookupFailed(Exception):
@@ -137,6 +141,7 @@ class PilotClient:
         self.edge_url = edge_url.rstrip("/") if edge_url else None
         self.dest = Path(dest)
         self.reuse_held = reuse_held
+        self.first_batch = max(8, FIRST_BATCH_PER_SLOT * max_parallel)
         self.policy = RetryPolicy(retries, backoff_s, max_backoff_s, max_retry_after_s)
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._progress = progress
@@ -181,17 +186,35 @@ class PilotClient:
                     outcomes[i] = served
                 else:
                     to_ask.append((i, r))
-            answers = await self._lookup([r for _, r in to_ask])
-            if self.on_demand:
-                answers = await self._split_on_demand([r for _, r in to_ask], answers)
-            done = await asyncio.gather(
-                *(self._serve(r, a) for (_, r), a in zip(to_ask, answers, strict=True))
-            )
-            for (i, _), outcome in zip(to_ask, done, strict=True):
+            for (i, _), outcome in zip(to_ask, await self._ask_and_serve(to_ask), strict=True):
                 outcomes[i] = outcome
         finally:
+            await self.downloader.flush()
             progress.close()
         return FetchResult([o for o in outcomes if o is not None])
+
+    async def _ask_and_serve(self, to_ask: Sequence[tuple[int, EventRange]]) -> list[RangeOutcome]:
+        """Looks the ranges up in growing batches, one after another, each batch's downloads
+        starting while the next batch is looked up: the first files arrive after a lookup of
+        a few ranges, not of all of them."""
+        serving: list[asyncio.Future[list[RangeOutcome]]] = []
+        try:
+            for batch in _growing(list(to_ask), self.first_batch):
+                answers = await self._lookup([r for _, r in batch])
+                if self.on_demand:
+                    answers = await self._split_on_demand([r for _, r in batch], answers)
+                serving.append(
+                    asyncio.gather(
+                        *(self._serve(r, a) for (_, r), a in zip(batch, answers, strict=True))
+                    )
+                )
+            done = await asyncio.gather(*serving)
+        except BaseException:
+            for future in serving:
+                future.cancel()
+            await asyncio.gather(*serving, return_exceptions=True)
+            raise
+        return [outcome for outcomes in done for outcome in outcomes]
 
     async def rewrite(self, ranges: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """`fetch(ranges).payload`: the list to hand the payload."""
@@ -374,6 +397,16 @@ class PilotClient:
                 raise LookupFailed(f"{where} answered HTTP {status}{await error_detail(response)}")
             return _results(where, batch, response)
         raise LookupFailed(f"{reason} ({gave_up(policy)})")
+
+
+def _growing(items: list[Any], first: int) -> Iterator[list[Any]]:
+    """`items` in batches of `first`, then each batch 4 times the one before, at most
+    MAX_BATCH."""
+    size, at = first, 0
+    while at < len(items):
+        yield items[at : at + size]
+        at += size
+        size = min(MAX_BATCH, size * 4)
 
 
 def _attempt_failed(where: str, attempt: int, policy: RetryPolicy, reason: str) -> None:

@@ -3,6 +3,9 @@
 A piece lands at `<dest>/<object key>`. While it transfers it is `<key>.part`; a new attempt
 (or a new process) continues that file with an HTTP `Range` request. Only a file whose size
 and adler32 match the lookup's answer is moved into place, and recorded as held (held.py).
+The adler32 is summed over the bytes as they are written (`_RunningSum`), so a finished
+transfer is checked without reading the file again; only a `.part` left by an earlier process
+is read once, to start the sum where the transfer resumes.
 
 One client per destination directory: two processes writing the same `.part` would corrupt it
 (the checksum catches that, at the cost of a new download).
@@ -16,6 +19,7 @@ import email.utils
 import logging
 import os
 import random
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from ess_pilot.held import HeldFile, HeldFiles, adler32_of_file
+from ess_pilot.held import CHUNK, HeldFile, HeldFiles, adler32_of_file
 from ess_pilot.progress import Progress
 from ess_pilot.ranges import BadAnswer, Piece, ServedPiece
 
@@ -131,6 +135,42 @@ class _Tally:
         self.counted = value
 
 
+class _RunningSum:
+    """The adler32 of the first `size` bytes of a `.part` file, kept as they are written."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.value = 1
+
+    def reset(self) -> None:
+        self.size, self.value = 0, 1
+
+    def add(self, chunk: bytes) -> None:
+        self.value = zlib.adler32(chunk, self.value)
+        self.size += len(chunk)
+
+    async def start_at(self, part: Path, offset: int) -> None:
+        """Summed up to `offset` of `part` (read again only when the sum is elsewhere)."""
+        if self.size != offset:
+            self.value = await asyncio.to_thread(_adler32_of_prefix, part, offset)
+            self.size = offset
+
+    def hex(self) -> str:
+        return f"{self.value & 0xFFFFFFFF:08x}"
+
+
+def _adler32_of_prefix(path: Path, size: int) -> int:
+    value, left = 1, size
+    with path.open("rb") as f:
+        while left and (chunk := f.read(min(CHUNK, left))):
+            value = zlib.adler32(chunk, value)
+            left -= len(chunk)
+    return value
+
+
+#: Sidecars written in one hand-over to a worker thread during a fetch.
+SIDECAR_BATCH = 32
+
 #: Asks again for a piece's signed URL (scope, LFN): the fresh piece, or None.
 Refresh = Callable[[Piece, str, str], Awaitable[Piece | None]]
 
@@ -166,13 +206,40 @@ class Downloader:
         self._slots = asyncio.Semaphore(max_parallel)
         self._inflight: dict[str, asyncio.Task[ServedPiece]] = {}
         self._verified: dict[Path, tuple[int, int, str]] = {}
+        self._dirs: set[Path] = set()
+        self._sidecars: asyncio.Task[None] | None = None
 
     async def cancel(self) -> None:
-        """Stops downloads still running (their callers gave up)."""
+        """Stops downloads still running (their callers gave up); writes the sidecars of the
+        files held so far."""
         tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Every held file's sidecar written."""
+        while self._sidecars is not None and not self._sidecars.done():
+            await asyncio.shield(self._sidecars)
+        await self._write_sidecars()
+
+    def _hold(self, held: HeldFile) -> None:
+        """Held now; the sidecars are written SIDECAR_BATCH at a time in a worker thread (each
+        hand-over to a thread costs the event loop the GIL for a while), the rest by `flush`."""
+        self.held.add(held)
+        idle = self._sidecars is None or self._sidecars.done()
+        if idle and self.held.unwritten >= SIDECAR_BATCH:
+            self._sidecars = asyncio.create_task(self._write_sidecars(), name="held sidecars")
+
+    async def _write_sidecars(self) -> None:
+        while batch := self.held.take_unwritten():
+            await asyncio.to_thread(self.held.write_sidecars, batch)
+
+    def _make_dir(self, directory: Path) -> None:
+        if directory not in self._dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(directory)
 
     async def get(self, piece: Piece, scope: str, lfn: str) -> ServedPiece:
         """The piece on disk, verified (raises DownloadFailed)."""
@@ -243,15 +310,16 @@ class Downloader:
             file_last_event=piece.file_last_event,
         )
         if await self.verified(path, piece):
-            self.held.add(held)
+            self._hold(held)
             self.progress.advance(piece.size)
             return ServedPiece(piece, path, reused=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dir(path.parent)
         part = path.with_name(path.name + ".part")
         tally = _Tally(self.progress)
+        summed = _RunningSum()
         reason, wait, stale = "", None, False
         edge_first = bool(piece.edge_url) and piece.edge_url != piece.url
-        if edge_first and await self._from_edge(piece, part, tally):
+        if edge_first and await self._from_edge(piece, part, tally, summed):
             return self._kept(piece, part, path, held)
         for attempt in range(self.policy.attempts):
             if attempt:
@@ -260,8 +328,8 @@ class Downloader:
                 piece = await self._refreshed(piece, scope, lfn)
             try:
                 async with self._slots:
-                    await self._transfer(piece, part, tally, piece.url)
-                await self._check(piece, part, tally)
+                    await self._transfer(piece, part, tally, summed, piece.url)
+                await self._check(piece, part, tally, summed)
             except Transient as exc:
                 reason, wait, stale = exc.reason, exc.retry_after_s, exc.stale_url
                 log.warning(
@@ -277,12 +345,14 @@ class Downloader:
             return self._kept(piece, part, path, held)
         raise DownloadFailed(piece.key, f"{reason} ({gave_up(self.policy)})")
 
-    async def _from_edge(self, piece: Piece, part: Path, tally: _Tally) -> bool:
+    async def _from_edge(
+        self, piece: Piece, part: Path, tally: _Tally, summed: _RunningSum
+    ) -> bool:
         """One try at the closest edge; False (the signed URL next) when it fails."""
         try:
             async with self._slots:
-                await self._transfer(piece, part, tally, piece.edge_url)
-            await self._check(piece, part, tally)
+                await self._transfer(piece, part, tally, summed, piece.edge_url)
+            await self._check(piece, part, tally, summed)
         except (Transient, Permanent) as exc:
             log.warning("download.edge_failed key=%s reason=%s", piece.key, exc)
             return False
@@ -292,7 +362,7 @@ class Downloader:
         os.replace(part, path)
         stat = path.stat()
         self._verified[path] = (stat.st_size, stat.st_mtime_ns, piece.adler32)
-        self.held.add(held)
+        self._hold(held)
         return ServedPiece(piece, path)
 
     async def _refreshed(self, piece: Piece, scope: str, lfn: str) -> Piece:
@@ -312,9 +382,15 @@ class Downloader:
             piece, url=fresh.url, expires_in_s=fresh.expires_in_s, received_at=fresh.received_at
         )
 
-    async def _transfer(self, piece: Piece, part: Path, tally: _Tally, url: str) -> None:
-        """Brings `part` to the piece's size from `url`, continuing what is there."""
-        offset = part.stat().st_size if part.exists() else 0
+    async def _transfer(
+        self, piece: Piece, part: Path, tally: _Tally, summed: _RunningSum, url: str
+    ) -> None:
+        """Brings `part` to the piece's size from `url`, continuing what is there; `summed`
+        follows the bytes of `part`."""
+        try:
+            offset = part.stat().st_size
+        except FileNotFoundError:
+            offset = 0
         if offset > piece.size:
             part.unlink()
             offset = 0
@@ -331,6 +407,10 @@ class Downloader:
             async with self.http.stream("GET", url, headers=headers) as response:
                 offset = await self._accept(response, piece, part, offset)
                 tally.set(offset)
+                if offset:
+                    await summed.start_at(part, offset)
+                else:
+                    summed.reset()
                 with part.open("r+b" if offset else "wb") as out:
                     out.seek(offset)
                     out.truncate()
@@ -340,12 +420,14 @@ class Downloader:
                         if offset > piece.size:
                             out.close()
                             part.unlink()
+                            summed.reset()
                             tally.set(0)
                             raise Transient(
                                 f"size mismatch for {piece.key}: expected {piece.size} bytes, "
                                 "got more"
                             )
                         out.write(chunk)
+                        summed.add(chunk)
                         tally.set(offset)
         except httpx.TransportError as exc:
             # What arrived stays in `part`: the next attempt continues from there.
@@ -378,15 +460,20 @@ class Downloader:
             raise Permanent(f"object {piece.key} is missing at the store (HTTP 404{detail})")
         raise Permanent(f"download of {piece.key}: HTTP {status}{detail}")
 
-    async def _check(self, piece: Piece, part: Path, tally: _Tally) -> None:
+    async def _check(self, piece: Piece, part: Path, tally: _Tally, summed: _RunningSum) -> None:
         size = part.stat().st_size
         if size < piece.size:
             # The answer ended early: the next attempt continues from here.
             raise Transient(f"download of {piece.key}: {size} of {piece.size} bytes arrived")
-        actual = await asyncio.to_thread(adler32_of_file, part)
+        if summed.size == size:
+            actual = summed.hex()
+        else:
+            # A whole `.part` left by an earlier process: nothing was transferred now.
+            actual = await asyncio.to_thread(adler32_of_file, part)
         if actual != piece.adler32:
             # A bad beginning kept would spoil every resumed attempt.
             part.unlink()
+            summed.reset()
             tally.set(0)
             raise Transient(
                 f"adler32 mismatch for {piece.key}: expected {piece.adler32}, got {actual}"

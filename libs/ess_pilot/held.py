@@ -2,7 +2,11 @@
 
 Next to each verified file a small `<file>.ess.json` records which events of which original
 file it holds, so that a later range those events cover is served from disk without asking
-anyone, by this process or a later one using the same directory.
+anyone, by this process or a later one using the same directory. A file is held (in memory)
+as soon as it is verified; its sidecar is written later, off the event loop, in batches
+(`take_unwritten`, `write_sidecars`), at the latest when the fetch ends: a process killed
+meanwhile leaves verified files without sidecars, which a later process finds by a lookup and
+uses without downloading them again.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class HeldFiles:
     def __init__(self, dest: Path) -> None:
         self.dest = dest
         self._files: dict[tuple[str, str], dict[str, HeldFile]] = {}
+        self._unwritten: dict[str, HeldFile] = {}
         self._loaded = False
 
     def path(self, key: str) -> Path:
@@ -91,15 +96,36 @@ class HeldFiles:
             self._files.setdefault((held.scope, held.lfn), {})[held.key] = held
 
     def add(self, held: HeldFile) -> None:
-        sidecar = self._sidecar(held.key)
-        sidecar.parent.mkdir(parents=True, exist_ok=True)
-        tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(held)), encoding="utf-8")
-        os.replace(tmp, sidecar)
+        """Held from now on; its sidecar waits for `write_sidecars`."""
         self._files.setdefault((held.scope, held.lfn), {})[held.key] = held
+        self._unwritten[held.key] = held
+
+    @property
+    def unwritten(self) -> int:
+        return len(self._unwritten)
+
+    def take_unwritten(self) -> list[HeldFile]:
+        """The held files whose sidecars are still to be written (handed over once)."""
+        batch = list(self._unwritten.values())
+        self._unwritten.clear()
+        return batch
+
+    def write_sidecars(self, batch: list[HeldFile]) -> None:
+        """Writes each sidecar (file I/O only: safe in a worker thread); a sidecar that cannot
+        be written is logged and left out (its file stays held by this process)."""
+        for held in batch:
+            sidecar = self._sidecar(held.key)
+            try:
+                sidecar.parent.mkdir(parents=True, exist_ok=True)
+                tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(asdict(held)), encoding="utf-8")
+                os.replace(tmp, sidecar)
+            except OSError as exc:
+                log.warning("held.sidecar_unwritten key=%s error=%s", held.key, exc)
 
     def forget(self, held: HeldFile) -> None:
         self._files.get((held.scope, held.lfn), {}).pop(held.key, None)
+        self._unwritten.pop(held.key, None)
         self._sidecar(held.key).unlink(missing_ok=True)
 
     def covering(self, scope: str, lfn: str, start: int, last: int) -> list[Piece] | None:

@@ -22,12 +22,16 @@ from ess_common.db.models import DeadLetter, File, Request, RequestStatus
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import RequestReady, RequestSpec
-from ess_common.messaging.bus import Bus
+from ess_common.messaging.amqp import AmqpBus
+from ess_common.messaging.amqp_queues import QueueMigrationRequired
+from ess_common.messaging.bus import Bus, dead_exchange
 from ess_common.messaging.memory import MemoryBus
 from ess_common.messaging.stomp import StompAddress, StompIngress, StompLink, StompPublisher
+from ess_common.messaging.stomp_queue import ingress_queue
 from ess_common.settings import HeadSettings
 from ess_notifier.service import Notifier
 from tests.broker.factories import request_spec
+from tests.common.test_amqp_queues import current_argument
 from tests.conftest import AmqpServer
 from tests.helpers import eventually
 from tests.panda_stomp import start
@@ -44,6 +48,16 @@ def test_the_stomp_url_names_the_virtual_host() -> None:
         StompAddress.parse("amqp://guest@127.0.0.1/")
 
 
+def test_requests_come_from_a_queue_not_a_topic() -> None:
+    assert ingress_queue("/queue/ess.requests") == "ess.requests"
+    assert ingress_queue("/amq/queue/ess.requests") == "ess.requests"
+    for wrong in ("/topic/ess.requests", "/exchange/ess/request.created", "/queue/", "ess"):
+        with pytest.raises(ValueError, match="must be a queue"):
+            ingress_queue(wrong)
+    with pytest.raises(ValueError, match="must be a queue"):
+        HeadSettings(stomp_url=STOMP_URL, stomp_request_destination="/topic/ess.requests")
+
+
 @pytest.fixture
 async def stomp_queue(amqp_server: AmqpServer) -> AsyncIterator[str]:
     """A STOMP queue destination of this test's own (RabbitMQ declares it on first use)."""
@@ -52,7 +66,7 @@ async def stomp_queue(amqp_server: AmqpServer) -> AsyncIterator[str]:
     try:
         yield name
     finally:
-        await amqp_server.delete([name], [])
+        await amqp_server.delete([name, f"{name}.retry", f"{name}.dead"], [])
 
 
 async def _sent(tmp_path: Path, destination: str, *bodies: str) -> None:
@@ -81,6 +95,7 @@ async def test_requests_sent_by_pandas_client_over_stomp_are_recorded_once(
         refused = request_spec(
             "jedi-stomp-2", notify={"callback_url": "http://169.254.169.254/latest/"}
         ).model_dump_json()
+        # PanDA's configuration names /queue/X; its client sends to /amq/queue/X on RabbitMQ.
         await _sent(tmp_path, f"/queue/{stomp_queue}", good, good, "this is not JSON {", refused)
 
         async def settled() -> bool:
@@ -106,6 +121,61 @@ async def test_requests_sent_by_pandas_client_over_stomp_are_recorded_once(
     finally:
         await ingress.stop()
         await broker.stop()
+
+
+@pytest.mark.parametrize("bus", ["amqp"], indirect=True)
+async def test_the_ingress_queue_is_a_quorum_queue_that_dead_letters(
+    tmp_path: Path, bus: Bus, stomp_queue: str
+) -> None:
+    """Declared by the ingress with ESS's policy; a request it cannot hand over (here no queue
+    takes `request.created`: no broker runs) is given back, and past the delivery limit
+    dead-lettered instead of going round forever."""
+    assert isinstance(bus, AmqpBus)
+    ingress = StompIngress(StompLink(STOMP_URL), f"/queue/{stomp_queue}", bus)
+    await ingress.start()
+    try:
+        expected: dict[str, object] = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": bus.delivery_limit,
+            "x-dead-letter-exchange": dead_exchange(bus.exchange),
+            "x-dead-letter-routing-key": stomp_queue,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+        for argument, value in expected.items():
+            held = await current_argument(bus.url, stomp_queue, expected, argument)
+            assert held == str(value), argument
+        await _sent(
+            tmp_path, f"/amq/queue/{stomp_queue}", request_spec("jedi-stomp-3").model_dump_json()
+        )
+
+        async def dead_lettered() -> bool:
+            return await bus.depth(f"{stomp_queue}.dead") == 1
+
+        await eventually(dead_lettered, timeout=30)
+        assert await bus.depth(stomp_queue) == 0
+    finally:
+        await ingress.stop()
+
+
+@pytest.mark.parametrize("bus", ["amqp"], indirect=True)
+async def test_a_classic_ingress_queue_stops_the_ingress(
+    tmp_path: Path, bus: Bus, stomp_queue: str
+) -> None:
+    """What RabbitMQ's STOMP plugin makes of a /queue/ destination (the SUBSCRIBE of an older
+    ingress, a SEND of a client other than PanDA's): a classic queue. Its messages stay where
+    they are until the operator moves them (docs/queues.md)."""
+    link = StompLink(STOMP_URL)
+    try:
+        await link.send(f"/queue/{stomp_queue}", b"{}", {})
+    finally:
+        await link.close()
+    ingress = StompIngress(StompLink(STOMP_URL), f"/queue/{stomp_queue}", bus)
+    with pytest.raises(QueueMigrationRequired) as refused:
+        await ingress.start()
+    assert refused.value.queue == stomp_queue
+    await ingress.stop()
+    assert await bus.depth(stomp_queue) == 1
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

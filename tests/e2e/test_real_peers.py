@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 import skhep_testdata
 
@@ -24,7 +25,7 @@ from tests.common.test_stomp import STOMP_URL
 from tests.conftest import AmqpServer, PostgresServer, XRootDServer, empty_and_delete_bucket
 from tests.e2e.cluster import Cluster, panda_inbox, service_queues
 from tests.grid_https import grid_https
-from tests.helpers import S3Settings, free_port
+from tests.helpers import S3Settings, eventually, free_port
 from tests.panda_stomp import start as start_panda
 from tests.pilot.support import PANDA_ID, TASK
 from tests.pilot.test_pilot3 import check_payload_ranges, run_pilot3_job, serving_panda
@@ -129,6 +130,11 @@ async def test_a_rucio_dataset_asked_over_stomp_reaches_pilot3s_payload(
             }
             body = tmp_path / "request.json"
             body.write_text(json.dumps(request))
+            # The broker declares its ingress queue (a quorum queue) when it starts; PanDA's
+            # client sends to it as an existing queue (/amq/queue/X on RabbitMQ).
+            await eventually(
+                lambda: queue_exists(amqp_url, requests_queue), timeout=60, interval=0.5
+            )
             sender = start_panda(
                 tmp_path / "panda-sender", "send", f"/queue/{requests_queue}", str(body)
             )
@@ -177,6 +183,17 @@ async def test_a_rucio_dataset_asked_over_stomp_reaches_pilot3s_payload(
             shutil.rmtree(served, ignore_errors=True)
 
 
+async def queue_exists(amqp_url: str, queue: str) -> bool:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(queue, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return False
+    return True
+
+
 async def _cleanup(
     amqp_server: AmqpServer,
     s3: S3Settings,
@@ -186,8 +203,9 @@ async def _cleanup(
 ) -> None:
     queues = [f"{exchange}.{q}" for q in service_queues(["edge-a"])]
     family = [f"{q}{s}" for q in queues for s in ("", ".retry", ".dead")]
+    stomp_family = [f"{q}{s}" for q in stomp_queues for s in ("", ".retry", ".dead")]
     await amqp_server.delete(
-        [*family, *stomp_queues], [exchange, f"{exchange}.dead", f"panda-{exchange}"]
+        [*family, *stomp_family], [exchange, f"{exchange}.dead", f"panda-{exchange}"]
     )
     store = s3.store(bucket, create_bucket=False)
     await store.start()

@@ -113,6 +113,10 @@ def test_held_files_cover_a_range_with_the_fewest(tmp_path: Path) -> None:
     ]
     assert held.covering("s", "f", 350, 401) is None
     assert held.covering("s", "other", 1, 1) is None
+    # Sidecars are written apart from holding (the downloader does it in a worker thread).
+    assert not list(tmp_path.rglob("*.ess.json"))
+    held.write_sidecars(held.take_unwritten())
+    assert held.take_unwritten() == []
     again = HeldFiles(tmp_path)
     again.load()
     assert again.covering("s", "f", 150, 350) == pieces, "found again from the sidecars"

@@ -1,13 +1,25 @@
 """STOMP 1.2, the protocol PanDA's and JEDI's message-broker clients (`pandacommon.pandamsgbkr`)
 speak: requests in, notices out. The one module that knows stomp.py (written for 9.0.0).
 
-`StompIngress` subscribes to the destination PanDA sends `request.created` to (a queue such as
-`/queue/ess.requests`, or a topic) and hands every message, unchanged, to ESS's own bus as
-`request.created`, with publisher confirms, before it acknowledges the STOMP frame: the broker
-then reads it exactly as it reads one published over AMQP (same schema, same idempotency key,
-same retries and dead-lettering of a bad message, with its reason recorded). A message that
-cannot be handed over is NACKed: the STOMP broker keeps it. On RabbitMQ, PanDA may also send
-straight to `/exchange/<ESS exchange>/request.created`, which needs no ingress at all.
+`StompIngress` consumes the queue PanDA sends `request.created` to (`/queue/ess.requests` or
+`/amq/queue/ess.requests` name the queue `ess.requests`) and hands every message, unchanged, to
+ESS's own bus as `request.created`, with publisher confirms, before it acknowledges the STOMP
+frame: the broker then reads it exactly as it reads one published over AMQP (same schema, same
+idempotency key, same retries and dead-lettering of a bad message, with its reason recorded). A
+message that cannot be handed over is NACKed: the queue keeps it, and past the queue's delivery
+limit dead-letters it. On RabbitMQ, PanDA may also send straight to
+`/exchange/<ESS exchange>/request.created`, which needs no ingress at all.
+
+The queue is a work queue like every other of ESS: the ingress declares it through the bus (on
+the same RabbitMQ as the STOMP plugin), a quorum queue with ESS's delivery limit and
+dead-lettering (`amqp_queues`), before it subscribes, and subscribes as `/amq/queue/<name>`, a
+destination that declares nothing. RabbitMQ's STOMP plugin cannot declare such a queue itself
+(3.10 passes no `x-delivery-limit` from SUBSCRIBE headers), and a `/queue/<name>` SEND or
+SUBSCRIBE re-declares the queue without arguments, which the server refuses for a quorum queue
+(PRECONDITION_FAILED). PanDA's client (panda-common's `msg_bkr_utils`) sends to
+`/amq/queue/<name>` by itself when its configuration says `/queue/<name>` and the server is
+RabbitMQ. A classic queue of that name (made by STOMP before this) stops the broker with
+`QueueMigrationRequired` (docs/queues.md).
 
 `StompPublisher` sends the notices for PanDA to a STOMP destination, each SEND confirmed by a
 RECEIPT before it counts as sent.
@@ -33,6 +45,7 @@ from stomp.exception import StompException
 
 from ess_common.errors import RetryableError
 from ess_common.messaging.bus import Bus
+from ess_common.messaging.stomp_queue import ingress_queue
 
 log = structlog.get_logger("ess.stomp")
 
@@ -223,7 +236,9 @@ class StompIngress:
 
     def __init__(self, link: StompLink, destination: str, bus: Bus) -> None:
         self.link = link
-        self.destination = destination
+        self.queue = ingress_queue(destination)
+        #: What the ingress subscribes to: the queue it declared, declared by nobody else.
+        self.destination = f"/amq/queue/{self.queue}"
         self.bus = bus
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -251,6 +266,8 @@ class StompIngress:
                 log.exception("stomp.frame_unsettled")
 
     async def start(self) -> None:
+        """Declares the queue (raises `QueueMigrationRequired` for a classic one), subscribes."""
+        await self.bus.declare(self.queue, [])
         frames = await self.link.subscribe(self.destination)
         await self.link.connect()
         self._tasks = [
