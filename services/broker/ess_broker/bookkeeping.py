@@ -119,9 +119,10 @@ async def handle_splits_done(session: AsyncSession, events: Sequence[SplitDone])
         request_id: await _lock_request(session, request_id)
         for request_id in sorted({e.work.request_id for e in events})
     }
-    # One read for every file; `_current_file` then finds each in the session.
+    # One read for every file; `_current_file` then finds each in the session (which holds
+    # its objects only as long as something else does: `loaded` does).
     ids = sorted({e.work.file_id for e in events})
-    (await session.scalars(select(File).where(File.id.in_(ids)))).all()
+    loaded = (await session.scalars(select(File).where(File.id.in_(ids)))).all()
     split: list[tuple[File, SplitDone]] = []
     for event in events:
         f = await _current_file(session, event.work)
@@ -145,6 +146,7 @@ async def handle_splits_done(session: AsyncSession, events: Sequence[SplitDone])
         _split_recorded(session, requests[f.request_id], f, event)
     for request in requests.values():
         await _finish_if_complete(session, request)
+    del loaded
 
 
 def _split_recorded(session: AsyncSession, request: Request, f: File, event: SplitDone) -> None:
