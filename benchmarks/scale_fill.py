@@ -65,9 +65,12 @@ class Prepared:
     #: Seconds of the fresh fill (0 when an earlier one was reused) and of the reset.
     fill_s: float
     reset_s: float
-    #: Bytes of the ranges table with its indexes, and its row count, after the reset.
+    #: Bytes of the ranges table with its indexes, and its row count, after the reset (with
+    #: the free space earlier runs' deletes left, which PostgreSQL reuses) and as filled.
     ranges_bytes: int
     ranges_rows: int
+    filled_bytes: int
+    filled_rows: int
 
 
 _REQUESTS = """
@@ -322,4 +325,25 @@ async def prepare(url: str, shape: FillShape, *, refill: bool) -> Prepared:
     finally:
         await engine.dispose()
     size, rows = await ranges_size(url)
-    return Prepared(version, fill_s, reset_s, size, rows)
+    filled = await _filled_size(url, (size, rows) if fill_s else None)
+    return Prepared(version, fill_s, reset_s, size, rows, *filled)
+
+
+async def _filled_size(url: str, fresh: tuple[int, int] | None) -> tuple[int, int]:
+    """The ranges table's size as filled: kept beside the fill when it was just made."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as connection:
+            if fresh is not None:
+                await connection.execute(
+                    text("CREATE TABLE scale_fill_size (bytes bigint, n bigint)")
+                )
+                await connection.execute(
+                    text("INSERT INTO scale_fill_size VALUES (:b, :n)"),
+                    {"b": fresh[0], "n": fresh[1]},
+                )
+                return fresh
+            row = (await connection.execute(text("SELECT bytes, n FROM scale_fill_size"))).one()
+            return int(row[0]), int(row[1])
+    finally:
+        await engine.dispose()
