@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ess_broker.bookkeeping import handle_splits_done
 from ess_common.db.session import SessionMaker, unit_of_work
-from ess_common.events import SplitDone
+from ess_common.events import Event, SplitDone
 from ess_common.messaging.bus import Delivery, Handler
 from ess_common.messaging.handlers import flush_quietly, parse_for, transactional
 from ess_common.messaging.outbox import OutboxRelay
@@ -41,7 +41,7 @@ class ResultBatches:
         self,
         sessions: SessionMaker,
         relay: OutboxRelay,
-        others: dict[type[Any], Callable[[AsyncSession, Any], Awaitable[None]]],
+        others: dict[type[Event], Callable[[AsyncSession, Any], Awaitable[None]]],
         *,
         max_batch: int = 64,
     ) -> None:
@@ -49,7 +49,7 @@ class ResultBatches:
         self.relay = relay
         self.max_batch = max_batch
         self._others = transactional(sessions, relay, others)
-        self._accepted = (SplitDone, *others)
+        self._accepted: tuple[type[Event], ...] = (SplitDone, *others)
         self._waiting: list[tuple[SplitDone, asyncio.Future[None]]] = []
         self._recording = False
 
