@@ -32,6 +32,9 @@ import aiohttp
 
 from benchmarks.scale_fill import EVENTS_PER_RANGE, SCOPE, fill_lfn
 
+#: Lookups sent and not answered at most, in the open loop: past that it waits for answers.
+MAX_IN_FLIGHT = 1024
+
 
 @dataclass
 class PhaseResult:
@@ -107,12 +110,19 @@ class Pilots:
         while not stop.is_set() and i < rate * seconds:
             scheduled = start + i / rate
             delay = scheduled - time.perf_counter()
+            if len(tasks) >= MAX_IN_FLIGHT:
+                # Behind by that many: wait for answers (the wait counts against the next
+                # lookups, whose latency runs from their scheduled time).
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
             if delay > 0:
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                     break
                 except TimeoutError:
                     pass
+            else:
+                await asyncio.sleep(0)  # behind: still let answers and `stop` in
             task = asyncio.create_task(self.one(scheduled))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
