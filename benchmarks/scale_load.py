@@ -5,7 +5,8 @@ work (the broker's handlers in its event loop) never delays a lookup's send. It 
 command per line on stdin and answers each with one JSON line on stdout:
 
 - `{"open": RATE, "seconds": S}`: lookups sent at RATE per second (open loop: each at its
-  scheduled time whatever the earlier ones did, its latency counted from that time), until
+  scheduled time whatever the earlier ones did, its latency counted from that time; past
+  `MAX_IN_FLIGHT` unanswered it waits for answers, and the wait counts against the next), until
   `stop` is read or S seconds have passed;
 - `{"closed": N, "seconds": S}`: N lookups in flight (each client sends its next one when its
   answer came), until `stop` or S seconds;

@@ -332,7 +332,8 @@ def write_page(
         "## Lookups",
         "",
         "Open loop (`…/s offered`): each lookup sent at its scheduled time whatever the "
-        "earlier ones did, its latency counted from that time; closed loop (`max`): each "
+        "earlier ones did (up to 1,024 unanswered), its latency counted from that time; "
+        "`unfinished`: not answered 5 s after the phase; closed loop (`max`): each "
         "client sends its next lookup when its answer came. During the bookkeeping the "
         "request's `split.done` messages are handled in three equal parts, one per load; "
         "each lookup phase lasts exactly as long as its part.",
