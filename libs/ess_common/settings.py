@@ -245,6 +245,9 @@ class HeadSettings(EssSettings):
     #: An edge whose last heartbeat is older than this is lost and its work moves.
     edge_lost_after_s: float = Field(default=30.0, gt=0)
     sweep_interval_s: float = Field(default=2.0, gt=0)
+    #: Results the broker's consumer holds at once: the `split.done` ones that wait are
+    #: recorded together, one transaction (`ess_broker.result_batches`).
+    results_prefetch: int = Field(default=64, ge=1)
     #: An edge with this many files assigned and not yet split takes no more until it works
     #: some off: backpressure, so that a slow edge does not hoard work others could do.
     edge_max_queued: int = Field(default=64, ge=1)

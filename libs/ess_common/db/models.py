@@ -120,6 +120,8 @@ class File(Base):
     __table_args__ = (
         UniqueConstraint("request_id", "scope", "lfn"),
         Index("ix_files_scope_lfn", "scope", "lfn"),
+        # Whether a request has files left, without reading its split ones.
+        Index("ix_files_request_status", "request_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

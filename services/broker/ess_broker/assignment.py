@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -131,6 +131,31 @@ def file_work(request: Request, f: File) -> FileWork:
     )
 
 
+async def _claim(session: AsyncSession, chosen: list[tuple[File, Request, Candidate]]) -> set[int]:
+    """Claim the chosen files for their edges in one statement; returns the ids claimed.
+
+    Compare-and-set on status and attempt: SQLite has no SKIP LOCKED, so another assigner
+    (the sweep, a `request.created` handler) may have claimed a file since it was read."""
+    if not chosen:
+        return set()
+    claimed = await session.scalars(
+        update(File)
+        .where(
+            tuple_(File.id, File.attempt).in_([(f.id, f.attempt) for f, _, _ in chosen]),
+            File.status == FileStatus.PENDING,
+        )
+        .values(
+            status=FileStatus.ASSIGNED,
+            edge=case({f.id: edge.name for f, _, edge in chosen}, value=File.id),
+            attempt=File.attempt + 1,
+            error=None,
+        )
+        .returning(File.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(claimed)
+
+
 async def assign_pending(
     session: AsyncSession,
     lost_after: timedelta,
@@ -160,11 +185,9 @@ async def assign_pending(
     if request_id is not None:
         query = query.where(File.request_id == request_id)
     rows = (await session.execute(query)).all()
-    taken: dict[str, int] = defaultdict(int)
-    assigned = 0
-    #: Per request, its trace and how many of its files went to each edge: for the logs.
-    per_request: dict[str, tuple[str | None, dict[str, int]]] = {}
-    touched: set[str] = set()
+    # Each file's edge first (each choice changes what the edges have room for), then every
+    # chosen file claimed in one statement: a round trip per transaction, not per file.
+    chosen: list[tuple[File, Request, Candidate]] = []
     for f, request in rows:
         sites, regions = replica_places(f.replicas or [])
         edge = choose_edge(
@@ -177,17 +200,20 @@ async def assign_pending(
         )
         if edge is None:
             continue
-        # Compare-and-set: SQLite has no SKIP LOCKED, so another assigner (the sweep, a
-        # `request.created` handler) may have claimed the file since it was read.
-        claimed = await session.execute(
-            update(File)
-            .where(File.id == f.id, File.status == FileStatus.PENDING, File.attempt == f.attempt)
-            .values(status=FileStatus.ASSIGNED, edge=edge.name, attempt=f.attempt + 1, error=None)
-            .execution_options(synchronize_session=False)
+        candidates[edge.name] = replace(
+            edge, available_bytes=edge.available_bytes - f.size, queued=edge.queued + 1
         )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        chosen.append((f, request, edge))
+    claimed = await _claim(session, chosen)
+    taken: dict[str, int] = defaultdict(int)
+    assigned = 0
+    #: Per request, its trace and how many of its files went to each edge: for the logs.
+    per_request: dict[str, tuple[str | None, dict[str, int]]] = {}
+    touched: set[str] = set()
+    for f, request, edge in chosen:
+        if f.id not in claimed:
             continue
-        # What the claim wrote, without reading the row back: one round trip less per file.
+        # What the claim wrote, without reading the row back.
         for name, value in (
             ("status", FileStatus.ASSIGNED),
             ("edge", edge.name),
@@ -195,9 +221,6 @@ async def assign_pending(
             ("error", None),
         ):
             set_committed_value(f, name, value)
-        candidates[edge.name] = replace(
-            edge, available_bytes=edge.available_bytes - f.size, queued=edge.queued + 1
-        )
         taken[edge.name] += f.size
         trace_id, counts = per_request.setdefault(
             request.id, (tracing.trace_id_of(request.trace_context), defaultdict(int))

@@ -9,10 +9,14 @@ result for a file of a cancelled request changes nothing: the file is no longer 
 
 from __future__ import annotations
 
-import structlog
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from collections.abc import Sequence
 
+import structlog
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+
+from ess_broker.range_rows import insert_ranges
 from ess_common import metrics
 from ess_common.db import history
 from ess_common.db.models import (
@@ -100,29 +104,52 @@ async def handle_file_cached(session: AsyncSession, event: FileCached) -> None:
 
 
 async def handle_split_done(session: AsyncSession, event: SplitDone) -> None:
-    check_ranges(event)
-    request = await _lock_request(session, event.work.request_id)
-    f = await _current_file(session, event.work)
-    if f is None or f.status not in (FileStatus.ASSIGNED, FileStatus.CACHED):
-        if f is not None and f.status == FileStatus.CANCELLED:
-            log.info("result.for_cancelled_request", file_id=f.id)
-        return
-    f.status = FileStatus.SPLIT
-    session.add_all(
-        Range(
-            file_id=f.id,
-            request_id=f.request_id,
-            scope=f.scope,
-            lfn=f.lfn,
-            first_event=r.first_event,
-            last_event=r.last_event,
-            object_key=r.key,
-            size=r.size,
-            adler32=r.adler32,
+    await handle_splits_done(session, [event])
+
+
+async def handle_splits_done(session: AsyncSession, events: Sequence[SplitDone]) -> None:
+    """Record split files' results in the session's one transaction: each event as it would
+    be alone (a stale or cancelled one changes nothing), with one statement for all their
+    ranges, one for their files, and one readiness check per request. Any bad event fails
+    them all (the caller then handles each alone, so that only the bad one is refused)."""
+    for event in events:
+        check_ranges(event)
+    # In id order, so that two batches never wait on each other's locks.
+    requests = {
+        request_id: await _lock_request(session, request_id)
+        for request_id in sorted({e.work.request_id for e in events})
+    }
+    # One read for every file; `_current_file` then finds each in the session (which holds
+    # its objects only as long as something else does: `loaded` does).
+    ids = sorted({e.work.file_id for e in events})
+    loaded = (await session.scalars(select(File).where(File.id.in_(ids)))).all()
+    split: list[tuple[File, SplitDone]] = []
+    for event in events:
+        f = await _current_file(session, event.work)
+        if f is None or f.status not in (FileStatus.ASSIGNED, FileStatus.CACHED):
+            if f is not None and f.status == FileStatus.CANCELLED:
+                log.info("result.for_cancelled_request", file_id=f.id)
+            continue
+        split.append((f, event))
+    if split:
+        # One statement for every file, the same the ORM would flush one file at a time.
+        await session.execute(
+            update(File)
+            .where(File.id.in_([f.id for f, _ in split]))
+            .values(status=FileStatus.SPLIT)
+            .execution_options(synchronize_session=False)
         )
-        for r in event.ranges
-    )
-    await session.flush()
+        for f, _ in split:
+            set_committed_value(f, "status", FileStatus.SPLIT)
+    await insert_ranges(session, [(f, event.ranges) for f, event in split])
+    for f, event in split:
+        _split_recorded(session, requests[f.request_id], f, event)
+    for request in requests.values():
+        await _finish_if_complete(session, request)
+    del loaded
+
+
+def _split_recorded(session: AsyncSession, request: Request, f: File, event: SplitDone) -> None:
     log.info("file.split", file_id=f.id, ranges=len(event.ranges), edge=f.edge)
     history.record(
         session,
@@ -150,24 +177,31 @@ async def handle_split_done(session: AsyncSession, event: SplitDone) -> None:
                 correlation_id=request.id,
             ),
         )
-    await _finish_if_complete(session, request)
 
 
 async def _finish_if_complete(session: AsyncSession, request: Request) -> None:
     if request.status not in _OPEN:
         return
+    # Whether any file is left, not how many: one index probe per status
+    # (`ix_files_request_status`), where a count read every file of the request for each
+    # result.
     unfinished = await session.scalar(
-        select(func.count())
-        .select_from(File)
-        .where(File.request_id == request.id, File.status != FileStatus.SPLIT)
+        select(
+            exists().where(
+                File.request_id == request.id,
+                File.status.in_([s for s in FileStatus if s != FileStatus.SPLIT]),
+            )
+        )
     )
     if unfinished:
         return
+    # Through the request's files: ranges have no index by request.
     n_files, n_ranges = (
         await session.execute(
-            select(func.count(func.distinct(Range.file_id)), func.count()).where(
-                Range.request_id == request.id
-            )
+            select(func.count(func.distinct(Range.file_id)), func.count())
+            .select_from(Range)
+            .join(File, File.id == Range.file_id)
+            .where(File.request_id == request.id)
         )
     ).one()
     request.status = RequestStatus.READY

@@ -28,6 +28,7 @@ from ess_broker.edges import RecordingWindow, handle_heartbeat
 from ess_broker.enrolled import enrolled_only
 from ess_broker.on_demand import handle_range_split
 from ess_broker.orphans import OrphanSweeper
+from ess_broker.result_batches import ResultBatches
 from ess_broker.retention import RangeRetention
 from ess_broker.stuck import sweep_stuck
 from ess_common import metrics
@@ -99,6 +100,16 @@ class Broker:
             self.retention.store,
             timedelta(seconds=settings.orphan_grace_s),
             timedelta(seconds=settings.orphan_sweep_interval_s),
+        )
+        #: `split.done` several to a transaction; the other results one each.
+        self.results = ResultBatches(
+            sessions,
+            self.relay,
+            {
+                FileCached: self.handle_file_cached,
+                FileFailed: self.handle_file_failed,
+                RangeSplitOnDemand: handle_range_split,
+            },
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._record_request = transactional(
@@ -236,18 +247,8 @@ class Broker:
         await self.bus.consume(
             results,
             consumed[results],
-            self.from_edges(
-                transactional(
-                    self.sessions,
-                    self.relay,
-                    {
-                        FileCached: self.handle_file_cached,
-                        SplitDone: self.handle_split_done,
-                        FileFailed: self.handle_file_failed,
-                        RangeSplitOnDemand: handle_range_split,
-                    },
-                )
-            ),
+            self.from_edges(self.results.handle),
+            prefetch=self.settings.results_prefetch,
         )
         await self.bus.consume(
             audit,
