@@ -8,8 +8,9 @@ assigned or cached and not yet split, so a split, a failure, a cancellation or a
 them with the file's status. The candidate edges' rows are locked (`FOR UPDATE`, in name order
 so that two lockers never deadlock) before the promised bytes are summed, so two brokers
 assigning at once take turns per edge and never over-commit one. Files are claimed with
-`FOR UPDATE SKIP LOCKED` and a compare-and-set on their status and attempt, so no file is ever
-assigned twice.
+their requests (`FOR UPDATE SKIP LOCKED`: a request whose result is being recorded waits for
+the next sweep) and moved by the file state machine's compare-and-set on their status and
+attempt (`ess_common.states.files`), so no file is ever assigned twice.
 """
 
 from __future__ import annotations
@@ -21,25 +22,14 @@ from datetime import timedelta
 import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from ess_broker.placement import Candidate, choose_edge, replica_places
 from ess_common import metrics, tracing
-from ess_common.db import enrollments, history
-from ess_common.db.file_moves import IN_FLIGHT, take_back
-from ess_common.db.models import (
-    Edge,
-    EdgeEnrollment,
-    EdgeStatus,
-    File,
-    FileStatus,
-    Request,
-    RequestEventKind,
-    RequestStatus,
-    utcnow,
-)
+from ess_common.db import enrollments
+from ess_common.db.models import Edge, EdgeEnrollment, EdgeStatus, File, Request, utcnow
 from ess_common.events import DatasetFile, FileAssigned, FileWork, Replica
 from ess_common.messaging.outbox import add_event
+from ess_common.states import edges, files, requests
 
 log = structlog.get_logger("ess.broker")
 
@@ -85,7 +75,7 @@ async def live_candidates(session: AsyncSession, lost_after: timedelta) -> list[
         for edge, total, count in (
             await session.execute(
                 select(File.edge, func.coalesce(func.sum(File.size), 0), func.count())
-                .where(File.status.in_(IN_FLIGHT), File.edge.in_([e.name for e in edges]))
+                .where(File.status.in_(files.IN_FLIGHT), File.edge.in_([e.name for e in edges]))
                 .group_by(File.edge)
             )
         ).all()
@@ -146,20 +136,7 @@ async def assign_pending(
     keys = await enrollments.keys_of(session, list(candidates))
     # An enrollment revoked since the edges were locked: that edge is given nothing.
     candidates = {name: c for name, c in candidates.items() if name in keys}
-    query = (
-        select(File, Request)
-        .join(Request, Request.id == File.request_id)
-        .where(
-            File.status == FileStatus.PENDING,
-            Request.status.in_((RequestStatus.RECEIVED, RequestStatus.ASSIGNED)),
-        )
-        .order_by(Request.priority.desc(), File.id)
-        .limit(limit)
-        .with_for_update(of=File, skip_locked=True)
-    )
-    if request_id is not None:
-        query = query.where(File.request_id == request_id)
-    rows = (await session.execute(query)).all()
+    rows = await files.claim_pending(session, request_id=request_id, limit=limit)
     taken: dict[str, int] = defaultdict(int)
     assigned = 0
     #: Per request, its trace and how many of its files went to each edge: for the logs.
@@ -175,26 +152,8 @@ async def assign_pending(
             replica_regions=regions,
             max_queued=max_queued,
         )
-        if edge is None:
+        if edge is None or not await files.assign(session, f, edge.name):
             continue
-        # Compare-and-set: SQLite has no SKIP LOCKED, so another assigner (the sweep, a
-        # `request.created` handler) may have claimed the file since it was read.
-        claimed = await session.execute(
-            update(File)
-            .where(File.id == f.id, File.status == FileStatus.PENDING, File.attempt == f.attempt)
-            .values(status=FileStatus.ASSIGNED, edge=edge.name, attempt=f.attempt + 1, error=None)
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            continue
-        # What the claim wrote, without reading the row back: one round trip less per file.
-        for name, value in (
-            ("status", FileStatus.ASSIGNED),
-            ("edge", edge.name),
-            ("attempt", f.attempt + 1),
-            ("error", None),
-        ):
-            set_committed_value(f, name, value)
         candidates[edge.name] = replace(
             edge, available_bytes=edge.available_bytes - f.size, queued=edge.queued + 1
         )
@@ -209,24 +168,10 @@ async def assign_pending(
             trace_context=request.trace_context,
             signed_for_edge=keys[edge.name],
         )
-        history.record(
-            session,
-            request.id,
-            RequestEventKind.ASSIGNED,
-            file_id=f.id,
-            edge=edge.name,
-            attempt=f.attempt,
-            detail=f"{f.scope}:{f.lfn}",
-        )
         metrics.on_commit(session, metrics.FILES_ASSIGNED.labels(edge=edge.name).inc)
         touched.add(request.id)
         assigned += 1
-    if touched:
-        await session.execute(
-            update(Request)
-            .where(Request.id.in_(touched), Request.status == RequestStatus.RECEIVED)
-            .values(status=RequestStatus.ASSIGNED)
-        )
+    await requests.assign(session, touched)
     for assigned_of, (trace_id, counts) in per_request.items():
         # One line per request, with its ids, whatever context the assignment runs in.
         log.info(
@@ -259,27 +204,19 @@ async def reclaim_lost_edges(session: AsyncSession, lost_after: timedelta) -> li
     ).all()
     if not silent:
         return []
-    lost = [e.name for e in silent if e.status == EdgeStatus.ALIVE]
-    if lost:
-        await session.execute(
-            update(Edge)
-            .where(Edge.name.in_(lost))
-            .values(status=EdgeStatus.LOST)
-            .execution_options(synchronize_session=False)
-        )
     names = [e.name for e in silent]
+    lost = await edges.lose(session, names)
     held: dict[str | None, int] = dict(
         (
             await session.execute(
                 select(File.edge, func.count())
-                .where(File.edge.in_(names), File.status.in_(IN_FLIGHT))
+                .where(File.edge.in_(names), File.status.in_(files.IN_FLIGHT))
                 .group_by(File.edge)
             )
         ).all()
     )
-    if held:
-        await take_back(session, names, "lost")
+    moved = await edges.take_back(session, names, "lost") if held else 0
     reclaimed = sorted(set(lost) | {name for name in held if name is not None})
     if reclaimed:
-        log.warning("edges.lost", edges=reclaimed, files_moved=sum(held.values()))
+        log.warning("edges.lost", edges=reclaimed, files_moved=moved)
     return reclaimed

@@ -55,6 +55,7 @@ from ess_common.messaging.outbox import OutboxRelay
 from ess_common.messaging.stomp import StompPublisher
 from ess_common.runtime import every
 from ess_common.settings import PANDA_NOTICES, HeadSettings
+from ess_common.states import notifications
 from ess_notifier.delivery import HTTP, MESSAGE, STOMP, send
 
 log = structlog.get_logger("ess.notifier")
@@ -219,7 +220,7 @@ class Notifier:
         except Exception as exc:
             n.last_error = f"{type(exc).__name__}: {exc}"[:2000]
             if isinstance(exc, PermanentError) or n.attempts >= self.settings.callback_max_attempts:
-                n.status = NotificationStatus.FAILED
+                await notifications.give_up(session, n.id)
                 log.error("notification.failed", id=n.id, target=n.target, reason=n.last_error)
                 history.record(
                     session,
@@ -236,7 +237,7 @@ class Notifier:
                 outcome = "retry"
             metrics.on_commit(session, metrics.NOTIFICATIONS.labels(n.kind, outcome).inc)
             return
-        n.status, n.sent_at, n.last_error = NotificationStatus.SENT, utcnow(), None
+        await notifications.sent(session, n.id)
         log.info("notification.sent", id=n.id, kind=n.kind, target=n.target)
         history.record(
             session, n.request_id, RequestEventKind.NOTIFIED, attempt=n.attempts, detail=what
