@@ -43,7 +43,7 @@ async def revoke(session: AsyncSession, edge: str) -> bool:
     known = await session.get(Edge, edge, with_for_update=True)
     moved = 0
     if known is not None:
-        moved = await edges.disable(session, edge, "revoked")
+        moved = (await edges.disable(session, edge, "revoked")).files_moved
     log.warning("edge.revoked", edge=edge, files_moved=moved)
     return True
 

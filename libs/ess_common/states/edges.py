@@ -15,6 +15,7 @@ broker's sweep and the head's routes alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -78,11 +79,17 @@ async def drain(session: AsyncSession, name: str) -> bool:
     return await _move(session, DRAIN, name) is not None
 
 
-async def disable(session: AsyncSession, name: str, why: str) -> int:
+class Disabled(NamedTuple):
+    #: Whether the edge became disabled now (it may have been disabled already).
+    disabled: bool
+    files_moved: int
+
+
+async def disable(session: AsyncSession, name: str, why: str) -> Disabled:
     """alive, lost or draining -> disabled, and its unfinished files taken back (even when it
-    was disabled already); returns how many files moved."""
-    await _move(session, DISABLE, name)
-    return await take_back(session, [name], why)
+    was disabled already)."""
+    disabled = await _move(session, DISABLE, name) is not None
+    return Disabled(disabled, await take_back(session, [name], why))
 
 
 async def enable(session: AsyncSession, name: str) -> bool:

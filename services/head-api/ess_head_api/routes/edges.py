@@ -73,7 +73,7 @@ async def disable_edge(name: str, state: State) -> EdgeView:
     """The edge is given nothing, and its unfinished files are moved to other edges now."""
     async with unit_of_work(state.sessions) as session:
         edge = await _locked_edge(session, name)
-        moved = await edges.disable(session, name, "disabled")
+        moved = (await edges.disable(session, name, "disabled")).files_moved
         log.warning("edge.disabled", edge=name, files_moved=moved)
         return edge_view(edge, _lost_after(state))
 
