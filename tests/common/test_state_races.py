@@ -6,8 +6,8 @@ file, handled at once, queue on the request's row instead of deadlocking on the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import select, text
@@ -21,7 +21,7 @@ from tests.common.state_rows import EDGE, make_rows, set_status, work_of
 if TYPE_CHECKING:
     from tests.conftest import PostgresServer
 
-Step = Callable[[AsyncSession], Awaitable[object]]
+Step = Callable[[AsyncSession], Coroutine[Any, Any, object]]
 WAIT_S = 10.0
 
 

@@ -143,12 +143,13 @@ async def test_transition_from_each_state(
     states: type[StrEnum],
 ) -> None:
     request_id, file_id, notification_id = await make_rows(sessions)
-    key: str | int = {
+    keys: dict[str, str | int] = {
         "requests": request_id,
         "files": file_id,
         "edges": EDGE,
         "notifications": notification_id,
-    }[machine]
+    }
+    key = keys[machine]
     for state in states:
         async with unit_of_work(sessions) as session:
             await set_status(session, machine, key, state)
