@@ -38,14 +38,23 @@ from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import Conflict
 from ess_common.events import (
     EdgeHeartbeat,
+    Event,
     FileCached,
     FileFailed,
     RangeSplitOnDemand,
     RequestCreated,
     SplitDone,
 )
-from ess_common.messaging.bus import Bus, Delivery, Handler, audit_queue, dead_exchange
-from ess_common.messaging.handlers import flush_quietly, parse_for, transactional
+from ess_common.messaging.bus import (
+    Bus,
+    Delivery,
+    EventHandler,
+    Handler,
+    audit_queue,
+    dead_exchange,
+    subscribe,
+)
+from ess_common.messaging.handlers import Routes, flush_quietly, parse_for, transactional
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.outages import is_outage
 from ess_common.request_urls import check_request_urls
@@ -59,18 +68,17 @@ log = structlog.get_logger("ess.broker")
 MAX_FILE_ATTEMPTS = 3
 
 
+#: The edges' results the broker records (`Broker.results_handler` routes each).
+RESULTS: tuple[type[Event], ...] = (FileCached, SplitDone, FileFailed, RangeSplitOnDemand)
+
+
 def consumed_queues(exchange: str) -> dict[str, list[str]]:
-    """The queues the broker consumes and the routing keys bound to each (the last on the
-    dead-letter exchange: every dead letter)."""
+    """The queues the broker consumes and the routing keys bound to each, from the event types
+    each takes (the last on the dead-letter exchange: every dead letter)."""
     return {
-        f"{exchange}.broker.requests": ["request.created"],
-        f"{exchange}.broker.heartbeats": ["edge.heartbeat"],
-        f"{exchange}.broker.results": [
-            "file.cached.*",
-            "split.done.*",
-            "file.failed.*",
-            "range.split.*",
-        ],
+        f"{exchange}.broker.requests": [RequestCreated.binding()],
+        f"{exchange}.broker.heartbeats": [EdgeHeartbeat.binding()],
+        f"{exchange}.broker.results": [event.binding() for event in RESULTS],
         audit_queue(exchange): ["#"],
     }
 
@@ -102,7 +110,9 @@ class Broker:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._record_request = transactional(
-            sessions, self.relay, {RequestCreated: self.handle_request_created}
+            sessions,
+            self.relay,
+            Routes[AsyncSession]().on(RequestCreated, self.handle_request_created),
         )
 
     async def on_request_created(self, delivery: Delivery) -> None:
@@ -180,6 +190,18 @@ class Broker:
         async with unit_of_work(self.sessions) as session:
             await record_dead_letter(session, delivery)
 
+    def results_handler(self) -> EventHandler:
+        """The edges' results: what the results queue is bound to and how each is handled."""
+        return transactional(
+            self.sessions,
+            self.relay,
+            Routes[AsyncSession]()
+            .on(FileCached, self.handle_file_cached)
+            .on(SplitDone, self.handle_split_done)
+            .on(FileFailed, self.handle_file_failed)
+            .on(RangeSplitOnDemand, handle_range_split),
+        )
+
     def from_edges(self, handler: Handler) -> Handler:
         """The handler, behind a check that the message was signed by the enrolled edge it
         names (`ess_broker.enrolled`)."""
@@ -223,35 +245,24 @@ class Broker:
         return list(consumed_queues(self.bus.exchange))
 
     async def start(self) -> None:
-        consumed = consumed_queues(self.bus.exchange)
-        requests, heartbeats, results, audit = consumed
-        await self.bus.consume(requests, consumed[requests], self.on_request_created)
-        await self.bus.consume(
+        requests, heartbeats, results, audit = self.queues
+        await subscribe(
+            self.bus, requests, EventHandler((RequestCreated,), self.on_request_created)
+        )
+        await subscribe(
+            self.bus,
             heartbeats,
-            consumed[heartbeats],
-            self.from_edges(
-                transactional(self.sessions, self.relay, {EdgeHeartbeat: self.handle_heartbeat})
-            ),
+            transactional(
+                self.sessions,
+                self.relay,
+                Routes[AsyncSession]().on(EdgeHeartbeat, self.handle_heartbeat),
+            ).wrapped(self.from_edges),
         )
-        await self.bus.consume(
-            results,
-            consumed[results],
-            self.from_edges(
-                transactional(
-                    self.sessions,
-                    self.relay,
-                    {
-                        FileCached: self.handle_file_cached,
-                        SplitDone: self.handle_split_done,
-                        FileFailed: self.handle_file_failed,
-                        RangeSplitOnDemand: handle_range_split,
-                    },
-                )
-            ),
-        )
+        await subscribe(self.bus, results, self.results_handler().wrapped(self.from_edges))
+        # Every dead letter, whatever its event (or none readable): bound to all keys.
         await self.bus.consume(
             audit,
-            consumed[audit],
+            ["#"],
             self.handle_dead_letter,
             exchange=dead_exchange(self.bus.exchange),
         )
