@@ -36,7 +36,11 @@ async def _locked_request(session: AsyncSession, work: FileWork) -> Request:
     return request
 
 
-def _not_counted(f: File, work: FileWork) -> None:
+async def _not_counted(session: AsyncSession, work: FileWork) -> None:
+    """Why a result changed nothing, in the log."""
+    f = await session.get(File, work.file_id)
+    if f is None:
+        return
     if f.attempt != work.attempt or f.edge != work.edge:
         log.info("result.stale", file_id=f.id, attempt=work.attempt, current=f.attempt)
     elif f.status == FileStatus.CANCELLED:
@@ -66,9 +70,7 @@ async def handle_split_done(session: AsyncSession, event: SplitDone) -> None:
     size = sum(r.size for r in event.ranges)
     f = await files.split(session, event.work, n_ranges=len(event.ranges), size=size)
     if f is None:
-        stale = await session.get(File, event.work.file_id)
-        if stale is not None:
-            _not_counted(stale, event.work)
+        await _not_counted(session, event.work)
         return
     session.add_all(
         Range(
@@ -129,14 +131,17 @@ async def handle_file_failed(
     reason = f"{event.stage} on {event.work.edge}: {event.reason}"
     if event.retryable and event.work.attempt < max_file_attempts:
         # Back to the pool: the next sweep assigns it again, as a new attempt.
-        if await files.retry(session, event.work, reason) is not None:
-            log.warning(
-                "file.retry", file_id=event.work.file_id, attempt=event.work.attempt, reason=reason
-            )
-            metrics.on_commit(session, metrics.FILE_RETRIES.labels(stage=event.stage).inc)
+        if await files.retry(session, event.work, reason) is None:
+            await _not_counted(session, event.work)
+            return
+        log.warning(
+            "file.retry", file_id=event.work.file_id, attempt=event.work.attempt, reason=reason
+        )
+        metrics.on_commit(session, metrics.FILE_RETRIES.labels(stage=event.stage).inc)
         return
     f = await files.fail(session, event.work, reason)
     if f is None:
+        await _not_counted(session, event.work)
         return
     log.error("file.failed", file_id=f.id, reason=reason)
     metrics.on_commit(session, metrics.FILES_FAILED.labels(stage=event.stage).inc)
