@@ -34,7 +34,7 @@ from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import EdgeHeartbeat, FileWork, RangeInfo, RequestSpec, SplitDone
 from ess_common.messaging.bus import EDGE_SIGNATURE_HEADER, Delivery, Handler, edge_signature
-from ess_common.messaging.handlers import flush_quietly, transactional
+from ess_common.messaging.handlers import flush_quietly
 from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import HeadSettings
 
@@ -127,12 +127,8 @@ class BrokerUnderTest:
         self.bus = MemoryBus(settings.exchange)
         self.broker = Broker(settings, self.bus, sessions)
         _, self.heartbeat_queue, self.results_queue, _ = self.broker.queues
-        self.on_heartbeat: Handler = self.broker.from_edges(
-            transactional(
-                sessions, self.broker.relay, {EdgeHeartbeat: self.broker.handle_heartbeat}
-            )
-        )
-        self.on_result: Handler = self.broker.from_edges(self.broker.results.handle)
+        self.on_heartbeat: Handler = self.broker.from_edges(self.broker.heartbeat_handler())
+        self.on_result: Handler = self.broker.from_edges(self.broker.results_handler())
 
     async def close(self) -> None:
         await self.broker.retention.close()

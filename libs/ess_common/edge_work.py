@@ -20,8 +20,8 @@ import structlog
 from pydantic import SecretStr
 
 from ess_common.errors import PermanentError
-from ess_common.events import Event, FileAssigned, FileCached, FileFailed
-from ess_common.messaging.bus import Bus, Delivery, Handler, publish_event
+from ess_common.events import Event, FileAssigned, FileCached, FileFailed, RequestCancelled
+from ess_common.messaging.bus import Bus, Delivery, EventHandler, publish_event
 from ess_common.messaging.handlers import parse_for
 from ess_common.work_guard import MovedOn, WorkGuard
 
@@ -47,9 +47,9 @@ def edge_queues(exchange: str, edge: str) -> dict[str, list[str]]:
     so that no work sent to it is unroutable. Queue names start with the exchange's, so that
     deployments sharing a RabbitMQ virtual host stay apart."""
     return {
-        assigned_queue(exchange, edge): [f"file.assigned.{edge}"],
-        cached_queue(exchange, edge): [f"file.cached.{edge}"],
-        cancelled_queue(exchange, edge): ["request.cancelled"],
+        assigned_queue(exchange, edge): [FileAssigned.binding(edge)],
+        cached_queue(exchange, edge): [FileCached.binding(edge)],
+        cancelled_queue(exchange, edge): [RequestCancelled.binding(edge)],
     }
 
 
@@ -97,7 +97,7 @@ def work_handler(
     cancelled: CancelledRequests | None = None,
     dropped: Callable[[W], None] | None = None,
     guard: WorkGuard | None = None,
-) -> Handler:
+) -> EventHandler:
     """`edge_token` signs what the handler publishes, so that the broker knows it is ours.
 
     Without one, the edge's `ESS_EDGE_TOKEN` is used when set: the precacher and splitter run
@@ -150,7 +150,7 @@ def work_handler(
             return
         await publish_event(bus, result, signed_with=edge_token)
 
-    return handle
+    return EventHandler((accepted,), handle)
 
 
 def cache_path(cache_dir: Path, scope: str, lfn: str) -> Path:

@@ -1,8 +1,10 @@
 """The event contracts: every message ESS puts on its exchange, in one place.
 
 Each event is a frozen pydantic model whose literal `event_type` is the routing key. Events
-that concern one edge's work are routed to `<event_type>.<edge>` so that the edge's own
-queues receive exactly its work while the head binds `<event_type>.*`.
+that concern one edge's work (`EdgeEvent`) are routed to `<event_type>.<edge>` so that the
+edge's own queues receive exactly its work while the head binds `<event_type>.*`. Each class
+knows the pattern a queue binds to receive it (`binding`): queues are bound from the event
+types their handlers take (`ess_common.messaging.handlers.Routes`), never from strings.
 `parse_event` reads any of them; an unknown `schema_version` or `event_type` is refused.
 
 Versioning: `schema_version` changes only when a change would break a reader (a field removed,
@@ -114,7 +116,33 @@ class Event(Contract):
     schema_version: SchemaVersion = SCHEMA_VERSION
 
     def routing_key(self) -> str:
-        return str(getattr(self, "event_type"))  # noqa: B009 - every subclass defines it
+        return self.type_name()
+
+    @classmethod
+    def type_name(cls) -> str:
+        """The event's type (its `event_type`), known from its class."""
+        return str(cls.model_fields["event_type"].default)
+
+    @classmethod
+    def binding(cls, edge: str | None = None) -> str:
+        """The routing-key pattern a queue is bound to for this event (`edge` only counts for
+        an `EdgeEvent`)."""
+        return cls.type_name()
+
+
+class EdgeEvent(Event):
+    """An event of one edge's work, routed to `<event_type>.<edge>`: the edge's own queue is
+    bound to its own key, the head's to those of every edge."""
+
+    def routed_edge(self) -> str:
+        raise NotImplementedError
+
+    def routing_key(self) -> str:
+        return f"{self.type_name()}.{self.routed_edge()}"
+
+    @classmethod
+    def binding(cls, edge: str | None = None) -> str:
+        return f"{cls.type_name()}.{edge or '*'}"
 
 
 #: What PanDA sends is taken as its JSON types say: "12" or true is no event count.
@@ -324,25 +352,25 @@ class FileWork(Contract):
     dataset: str = ""
 
 
-class FileAssigned(Event):
+class FileAssigned(EdgeEvent):
     """The broker gives an edge a file to pre-cache and split. Routed to `file.assigned.<edge>`."""
 
     event_type: Literal["file.assigned"] = "file.assigned"
     work: FileWork
 
-    def routing_key(self) -> str:
-        return f"{self.event_type}.{self.work.edge}"
+    def routed_edge(self) -> str:
+        return self.work.edge
 
 
-class FileCached(Event):
+class FileCached(EdgeEvent):
     """The edge's precacher holds a verified copy. Routed to `file.cached.<edge>`."""
 
     event_type: Literal["file.cached"] = "file.cached"
     work: FileWork
     cache_path: str
 
-    def routing_key(self) -> str:
-        return f"{self.event_type}.{self.work.edge}"
+    def routed_edge(self) -> str:
+        return self.work.edge
 
 
 class RangeInfo(Contract):
@@ -370,18 +398,18 @@ class RangeInfo(Contract):
         return self
 
 
-class SplitDone(Event):
+class SplitDone(EdgeEvent):
     """The edge's splitter uploaded every range of a file. Routed to `split.done.<edge>`."""
 
     event_type: Literal["split.done"] = "split.done"
     work: FileWork
     ranges: list[RangeInfo] = Field(min_length=1)
 
-    def routing_key(self) -> str:
-        return f"{self.event_type}.{self.work.edge}"
+    def routed_edge(self) -> str:
+        return self.work.edge
 
 
-class FileFailed(Event):
+class FileFailed(EdgeEvent):
     """An edge could not cache or split a file. Routed to `file.failed.<edge>`."""
 
     event_type: Literal["file.failed"] = "file.failed"
@@ -391,11 +419,11 @@ class FileFailed(Event):
     #: False when the file itself is bad (checksum of every source wrong, unsplittable type).
     retryable: bool
 
-    def routing_key(self) -> str:
-        return f"{self.event_type}.{self.work.edge}"
+    def routed_edge(self) -> str:
+        return self.work.edge
 
 
-class RangeSplitOnDemand(Event):
+class RangeSplitOnDemand(EdgeEvent):
     """An edge split one event range a pilot asked for and no request prepared, and uploaded
     it. Routed to `range.split.<edge>`; the broker records it so that later lookups, at the
     head and at every edge, find it."""
@@ -416,8 +444,8 @@ class RangeSplitOnDemand(Event):
     def _lfn(cls, value: str) -> str:
         return _check_name(value, "LFN")
 
-    def routing_key(self) -> str:
-        return f"{self.event_type}.{self.edge}"
+    def routed_edge(self) -> str:
+        return self.edge
 
 
 class EdgeHeartbeat(Event):
@@ -524,6 +552,15 @@ AnyEvent = Annotated[
     Field(discriminator="event_type"),
 ]
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+#: What the notifier tells PanDA about.
+NOTICE_EVENTS: tuple[type[Event], ...] = (
+    RequestReady,
+    RequestFailed,
+    RequestCancelled,
+    RequestStalled,
+    FileReady,
+)
 
 
 def request_created_schema() -> dict[str, Any]:

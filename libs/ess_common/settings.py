@@ -19,6 +19,7 @@ from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_val
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ess_common import enrollment
+from ess_common.events import NOTICE_EVENTS
 from ess_common.messaging.stomp_queue import ingress_queue
 from ess_common.source_access import SourceAccess
 from ess_common.url_policy import UrlPolicy, parse_networks
@@ -39,13 +40,7 @@ _SPLIT_COMMAND_PLACEHOLDERS = frozenset(
 ROLES = ("panda", "pilot", "edge", "admin")
 MIN_TOKEN_LENGTH = 16
 #: The notices the notifier sends on the PanDA-facing exchange.
-PANDA_NOTICES = (
-    "request.ready",
-    "request.failed",
-    "request.cancelled",
-    "request.stalled",
-    "file.ready",
-)
+PANDA_NOTICES = tuple(event.type_name() for event in NOTICE_EVENTS)
 
 
 class EssSettings(BaseSettings):

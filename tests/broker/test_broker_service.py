@@ -13,18 +13,20 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from ess_broker.service import Broker
+from ess_broker.service import Broker, consumed_queues
 from ess_common.db import enrollments
 from ess_common.db.models import DeadLetter, Edge, File, FileStatus, Range, Request, RequestStatus
-from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.db.session import SessionMaker, make_engine, make_session_maker, unit_of_work
 from ess_common.events import FileAssigned, FileWork, RequestCreated, RequestReady, parse_event
 from ess_common.messaging.bus import Bus, Delivery, publish_event
+from ess_common.messaging.memory import MemoryBus
 from ess_common.settings import HeadSettings
 from tests.broker.factories import count, file_cached, heartbeat, outbox, request_spec, split_done
 from tests.helpers import UniqueNames, eventually
@@ -322,3 +324,20 @@ async def test_a_request_from_the_bus_with_refused_urls_fails_with_the_reason(
     assert {w.request_id for w in edge.work} == {
         (await request_in(sessions, "task-fine", RequestStatus.READY)).id  # type: ignore[union-attr]
     }
+
+
+async def test_the_results_queue_is_bound_to_the_results_the_broker_handles(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")
+    bus = MemoryBus("ess-t-bindings", max_attempts=3, backoff_s=0.05)
+    broker = Broker(HeadSettings(), bus, make_session_maker(engine))
+    try:
+        bindings = broker.results_handler().bindings()
+    finally:
+        await broker.stop()
+        await engine.dispose()
+    assert sorted(bindings) == ["file.cached.*", "file.failed.*", "range.split.*", "split.done.*"]
+    assert sorted(bindings) == sorted(
+        consumed_queues("ess-t-bindings")["ess-t-bindings.broker.results"]
+    )

@@ -22,6 +22,7 @@ from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import BadMessage
 from ess_common.events import FileWork, SplitDone
 from ess_common.messaging.bus import Delivery
+from ess_common.messaging.handlers import Routes
 from ess_common.messaging.memory import MemoryBus
 from ess_common.messaging.outbox import OutboxRelay
 from tests.broker.factories import (
@@ -69,7 +70,7 @@ def delivery(event: SplitDone) -> Delivery:
 async def test_results_waiting_are_recorded_together_and_the_request_ready_once(
     sessions: SessionMaker, assigned: list[FileWork], batch_sizes: list[int]
 ) -> None:
-    batches = ResultBatches(sessions, OutboxRelay(sessions, MemoryBus()), {})
+    batches = ResultBatches(sessions, OutboxRelay(sessions, MemoryBus()), Routes[AsyncSession]())
     # A redelivery of the first result comes with the others: it changes nothing.
     events = [split_done(work) for work in assigned] + [split_done(assigned[0])]
 
@@ -87,7 +88,7 @@ async def test_results_waiting_are_recorded_together_and_the_request_ready_once(
 async def test_a_bad_result_in_a_batch_is_refused_alone(
     sessions: SessionMaker, assigned: list[FileWork], batch_sizes: list[int]
 ) -> None:
-    batches = ResultBatches(sessions, OutboxRelay(sessions, MemoryBus()), {})
+    batches = ResultBatches(sessions, OutboxRelay(sessions, MemoryBus()), Routes[AsyncSession]())
     gap = ranges_for(assigned[2])[1:]  # the first range missing
     events = [split_done(w) for w in assigned[:2]] + [split_done(assigned[2], gap)]
     events.append(split_done(assigned[3]))

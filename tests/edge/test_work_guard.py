@@ -14,7 +14,6 @@ from ess_broker.assignment import assign_pending
 from ess_broker.edges import handle_heartbeat
 from ess_common import enrollment
 from ess_common.db import enrollments
-from ess_common.db.file_moves import take_back
 from ess_common.db.models import Edge, EdgeStatus
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
@@ -24,6 +23,7 @@ from ess_common.events import FileAssigned, FileCached, parse_event
 from ess_common.messaging.bus import Delivery, edge_signature
 from ess_common.messaging.memory import MemoryBus
 from ess_common.outages import is_outage
+from ess_common.states.files import take_back_from_edges
 from ess_common.store.local import LocalStore
 from ess_common.work_guard import WorkGuard
 from tests.broker.factories import heartbeat, outbox, request_spec
@@ -135,7 +135,7 @@ async def test_only_signed_current_assignments_are_worked(
             lost = await session.get(Edge, "edge-a")
             assert lost is not None
             lost.status = EdgeStatus.LOST
-            await take_back(session, ["edge-a"], "lost")
+            await take_back_from_edges(session, ["edge-a"], "lost")
             assert await assign_pending(session, LOST_AFTER) == 2
         await handle(second)
         assert worked == [work_of(first).work.file_id]

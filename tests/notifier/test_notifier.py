@@ -13,6 +13,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,12 +29,12 @@ from ess_common.db.models import (
     utcnow,
 )
 from ess_common.db.requests import record_request
-from ess_common.db.session import SessionMaker, unit_of_work
-from ess_common.events import RequestFailed, RequestReady, RequestSpec
+from ess_common.db.session import SessionMaker, make_engine, make_session_maker, unit_of_work
+from ess_common.events import NOTICE_EVENTS, RequestFailed, RequestReady, RequestSpec
 from ess_common.messaging.bus import Bus, Delivery, publish_event
 from ess_common.messaging.memory import MemoryBus
-from ess_common.settings import HeadSettings
-from ess_notifier.service import Notice, Notifier
+from ess_common.settings import PANDA_NOTICES, HeadSettings
+from ess_notifier.service import Notice, Notifier, consumed_queues
 from tests.helpers import UniqueNames, eventually, free_port
 
 if TYPE_CHECKING:
@@ -355,3 +356,19 @@ async def test_an_unreachable_callback_is_retried_up_to_the_limit_then_fails(
     assert n.last_error is not None and "ConnectError" in n.last_error
     assert await notifier.deliver_due() == 0
     assert (await the_notification(sessions)).attempts == MAX_ATTEMPTS
+
+
+async def test_the_notifier_is_bound_to_the_notices_it_handles(
+    memory_bus: MemoryBus, tmp_path: Path
+) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")
+    async with httpx.AsyncClient() as http:
+        handler = Notifier(
+            settings(), memory_bus, make_session_maker(engine), http
+        ).notices_handler()
+    await engine.dispose()
+    assert handler.events == NOTICE_EVENTS
+    assert handler.bindings() == list(PANDA_NOTICES)
+    assert consumed_queues(memory_bus.exchange) == {
+        f"{memory_bus.exchange}.notifier": handler.bindings()
+    }

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ess_common import enrollment
-from ess_common.db.file_moves import take_back
-from ess_common.db.models import Edge, EdgeEnrollment, EdgeStatus, utcnow
+from ess_common.db.models import Edge, EdgeEnrollment, utcnow
+from ess_common.states import edges
 
 log = structlog.get_logger("ess.enrollments")
 
@@ -28,8 +28,8 @@ async def enroll(session: AsyncSession, edge: str) -> str:
     else:
         row.key, row.enrolled_at, row.revoked_at = enrollment.key_of(token), utcnow(), None
     known = await session.get(Edge, edge, with_for_update=True)
-    if was_revoked and known is not None and known.status == EdgeStatus.DISABLED:
-        known.status = EdgeStatus.ALIVE
+    if was_revoked and known is not None:
+        await edges.readmit(session, edge)
     log.info("edge.enrolled", edge=edge, again=row is not None)
     return token
 
@@ -43,8 +43,7 @@ async def revoke(session: AsyncSession, edge: str) -> bool:
     known = await session.get(Edge, edge, with_for_update=True)
     moved = 0
     if known is not None:
-        known.status = EdgeStatus.DISABLED
-        moved = await take_back(session, [edge], "revoked")
+        moved = (await edges.disable(session, edge, "revoked")).files_moved
     log.warning("edge.revoked", edge=edge, files_moved=moved)
     return True
 

@@ -13,17 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ess_common import metrics, tracing
 from ess_common.catalogue import Catalogue, DatasetRefused
 from ess_common.db import history
-from ess_common.db.models import (
-    File,
-    FileStatus,
-    Request,
-    RequestEventKind,
-    RequestStatus,
-    utcnow,
-)
+from ess_common.db.models import File, Request, RequestEventKind
 from ess_common.errors import BadMessage, Conflict
-from ess_common.events import DatasetFile, RequestFailed, RequestReady, RequestSpec
-from ess_common.messaging.outbox import add_event
+from ess_common.events import DatasetFile, RequestSpec
+from ess_common.states import files as file_states
+from ess_common.states import requests as request_states
 
 
 def spec_digest(spec: RequestSpec) -> str:
@@ -93,9 +87,6 @@ async def record_request(
         async with session.begin_nested():
             request = await _insert(session, spec, digest, files, request_id, refused, via)
         metrics.on_commit(session, metrics.REQUESTS_RECEIVED.labels(via=via).inc)
-        if request.status != RequestStatus.RECEIVED:
-            state = str(request.status)
-            metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state=state).inc)
         return request, True
     except IntegrityError:
         # Another process recorded the same key between our read and our insert.
@@ -114,10 +105,6 @@ async def _insert(
     refused: str | None,
     via: str,
 ) -> Request:
-    if refused is not None:
-        status = RequestStatus.FAILED
-    else:
-        status = RequestStatus.RECEIVED if spec.prepare else RequestStatus.READY
     request = Request(
         id=request_id or str(uuid.uuid4()),
         idempotency_key=spec.idempotency_key,
@@ -128,9 +115,6 @@ async def _insert(
         callback_url=spec.notify.callback_url,
         notify_files=spec.notify.files,
         spec_digest=digest,
-        status=status,
-        error=refused,
-        ready_at=utcnow() if status == RequestStatus.READY else None,
         trace_context=tracing.current_headers() or None,
     )
     session.add(request)
@@ -146,7 +130,6 @@ async def _insert(
             adler32=f.adler32,
             sources=list(f.sources),
             replicas=[r.model_dump(exclude_defaults=True) for r in f.replicas],
-            status=FileStatus.PENDING if spec.prepare else FileStatus.ON_DEMAND,
         )
         for f in files
     )
@@ -158,16 +141,12 @@ async def _insert(
         RequestEventKind.RECEIVED,
         detail=f"{len(files)} files, {spec.events_per_range} events per range ({via})",
     )
-    identity = {
-        "request_id": request.id,
-        "dataset": request.dataset,
-        "idempotency_key": request.idempotency_key,
-        "correlation_id": request.id,
-    }
+    # Made received, as every request; one refused, or preparing nothing, moves on at once.
     if refused is not None:
-        history.record(session, request.id, RequestEventKind.FAILED, detail=refused)
-        add_event(session, RequestFailed(reason=refused, **identity))
+        await request_states.fail(session, request.id, refused)
     elif not spec.prepare:
-        history.record(session, request.id, RequestEventKind.READY, detail="on demand only")
-        add_event(session, RequestReady(n_files=len(files), n_ranges=0, **identity))
+        await file_states.leave_on_demand(session, request.id)
+        await request_states.ready(
+            session, request.id, n_files=len(files), n_ranges=0, detail="on demand only"
+        )
     return request

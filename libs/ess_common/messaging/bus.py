@@ -12,7 +12,7 @@ refuses unsigned or forged ones, and those of edges not enrolled.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from pydantic import SecretStr
@@ -63,6 +63,27 @@ class Delivery:
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class EventHandler:
+    """A bus handler with the event types it takes: a queue consuming it is bound to their
+    routing keys (`subscribe`), so what a queue receives and what it handles cannot differ."""
+
+    events: tuple[type[Event], ...]
+    handle: Handler
+
+    async def __call__(self, delivery: Delivery) -> None:
+        await self.handle(delivery)
+
+    def bindings(self, edge: str | None = None) -> list[str]:
+        """The routing-key patterns of its events; those of one edge's work for `edge`, or of
+        every edge's."""
+        return [event.binding(edge) for event in self.events]
+
+    def wrapped(self, wrap: Callable[[Handler], Handler]) -> EventHandler:
+        """The same events, handled through `wrap` (a check, a lease, a step after)."""
+        return replace(self, handle=wrap(self.handle))
+
+
 class Bus(Protocol):
     exchange: str
 
@@ -101,6 +122,19 @@ class Bus(Protocol):
         prefetch: int | None = None,
     ) -> None:
         """Deliver each message of the queue to the handler (see `dispatch` for outcomes)."""
+
+
+async def subscribe(
+    bus: Bus,
+    queue: str,
+    handler: EventHandler,
+    *,
+    edge: str | None = None,
+    prefetch: int | None = None,
+) -> None:
+    """Consume the queue, bound to the routing keys of the events the handler takes (of
+    `edge`'s work only, when given)."""
+    await bus.consume(queue, handler.bindings(edge), handler, prefetch=prefetch)
 
 
 async def publish_event(

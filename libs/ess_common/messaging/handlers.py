@@ -1,5 +1,9 @@
 """Turning typed event handlers into bus handlers.
 
+`Routes` maps each event type a queue takes to its handler; the handlers built from it
+(`transactional`, `event_handler`) carry those types, from which the queue's bindings come
+(`ess_common.messaging.bus.subscribe`).
+
 `transactional` gives each message its own session: the handler changes the database and
 writes its outgoing events to the outbox; the commit happens here, the outbox is flushed after
 it, and only then does the bus ack the message.
@@ -8,7 +12,7 @@ it, and only then does the bus ack the message.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,13 +21,14 @@ from ess_common import tracing
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import BadMessage
 from ess_common.events import Event, parse_event
-from ess_common.messaging.bus import Delivery, Handler
+from ess_common.messaging.bus import Delivery, EventHandler
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.outages import is_outage
 
 log = structlog.get_logger("ess.handlers")
 
 E = TypeVar("E", bound=Event)
+C = TypeVar("C")
 
 
 def parse_for(delivery: Delivery, *accepted: type[Event]) -> Event:
@@ -44,28 +49,53 @@ def parse_for(delivery: Delivery, *accepted: type[Event]) -> Event:
     return event
 
 
-def event_handler(routes: dict[type[Any], Callable[[Any], Awaitable[None]]]) -> Handler:
-    """A bus handler that parses the event and calls the handler of its type."""
+class Routes(Generic[C]):
+    """Which handler takes each event type: the one map a queue's bindings (`Event.binding`)
+    and its dispatch both come from. Each handler is given a `C` (a session, the delivery)
+    and the event; `on` takes only a handler of its event type, so a wrong wiring is a type
+    error."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[type[Event], Callable[[C, Any], Awaitable[None]]] = {}
+
+    def on(self, event: type[E], handler: Callable[[C, E], Awaitable[None]]) -> Routes[C]:
+        if event in self._handlers:
+            raise ValueError(f"{event.__name__} is routed twice")
+        self._handlers[event] = handler
+        return self
+
+    @property
+    def events(self) -> tuple[type[Event], ...]:
+        return tuple(self._handlers)
+
+    def handler_of(self, event: Event) -> Callable[[C, Any], Awaitable[None]]:
+        return self._handlers[type(event)]
+
+
+def event_handler(routes: Routes[Delivery]) -> EventHandler:
+    """A bus handler that parses the event and calls the handler of its type with the
+    delivery and the event."""
 
     async def handle(delivery: Delivery) -> None:
-        event = parse_for(delivery, *routes)
-        await routes[type(event)](event)
+        event = parse_for(delivery, *routes.events)
+        await routes.handler_of(event)(delivery, event)
 
-    return handle
+    return EventHandler(routes.events, handle)
 
 
 def transactional(
-    sessions: SessionMaker,
-    relay: OutboxRelay,
-    routes: dict[type[Any], Callable[[AsyncSession, Any], Awaitable[None]]],
-) -> Handler:
+    sessions: SessionMaker, relay: OutboxRelay, routes: Routes[AsyncSession]
+) -> EventHandler:
+    """A bus handler that calls the handler of the event's type with a session of its own,
+    commits, then flushes the outbox."""
+
     async def handle(delivery: Delivery) -> None:
-        event = parse_for(delivery, *routes)
+        event = parse_for(delivery, *routes.events)
         async with unit_of_work(sessions) as session:
-            await routes[type(event)](session, event)
+            await routes.handler_of(event)(session, event)
         await flush_quietly(relay)
 
-    return handle
+    return EventHandler(routes.events, handle)
 
 
 async def flush_quietly(relay: OutboxRelay) -> None:

@@ -8,8 +8,9 @@ assigned or cached and not yet split, so a split, a failure, a cancellation or a
 them with the file's status. The candidate edges' rows are locked (`FOR UPDATE`, in name order
 so that two lockers never deadlock) before the promised bytes are summed, so two brokers
 assigning at once take turns per edge and never over-commit one. Files are claimed with
-`FOR UPDATE SKIP LOCKED` and a compare-and-set on their status and attempt, so no file is ever
-assigned twice.
+their requests (`FOR UPDATE SKIP LOCKED`: a request whose result is being recorded waits for
+the next sweep) and moved by the file state machine's compare-and-set on their status and
+attempt (`ess_common.states.files`), so no file is ever assigned twice.
 """
 
 from __future__ import annotations
@@ -19,27 +20,16 @@ from dataclasses import replace
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import case, func, select, tuple_, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import set_committed_value
 
 from ess_broker.placement import Candidate, choose_edge, replica_places
 from ess_common import metrics, tracing
-from ess_common.db import enrollments, history
-from ess_common.db.file_moves import IN_FLIGHT, take_back
-from ess_common.db.models import (
-    Edge,
-    EdgeEnrollment,
-    EdgeStatus,
-    File,
-    FileStatus,
-    Request,
-    RequestEventKind,
-    RequestStatus,
-    utcnow,
-)
+from ess_common.db import enrollments
+from ess_common.db.models import Edge, EdgeEnrollment, EdgeStatus, File, Request, utcnow
 from ess_common.events import DatasetFile, FileAssigned, FileWork, Replica
 from ess_common.messaging.outbox import add_event
+from ess_common.states import edges, files, requests
 
 log = structlog.get_logger("ess.broker")
 
@@ -85,7 +75,7 @@ async def live_candidates(session: AsyncSession, lost_after: timedelta) -> list[
         for edge, total, count in (
             await session.execute(
                 select(File.edge, func.coalesce(func.sum(File.size), 0), func.count())
-                .where(File.status.in_(IN_FLIGHT), File.edge.in_([e.name for e in edges]))
+                .where(File.status.in_(files.IN_FLIGHT), File.edge.in_([e.name for e in edges]))
                 .group_by(File.edge)
             )
         ).all()
@@ -131,31 +121,6 @@ def file_work(request: Request, f: File) -> FileWork:
     )
 
 
-async def _claim(session: AsyncSession, chosen: list[tuple[File, Request, Candidate]]) -> set[int]:
-    """Claim the chosen files for their edges in one statement; returns the ids claimed.
-
-    Compare-and-set on status and attempt: SQLite has no SKIP LOCKED, so another assigner
-    (the sweep, a `request.created` handler) may have claimed a file since it was read."""
-    if not chosen:
-        return set()
-    claimed = await session.scalars(
-        update(File)
-        .where(
-            tuple_(File.id, File.attempt).in_([(f.id, f.attempt) for f, _, _ in chosen]),
-            File.status == FileStatus.PENDING,
-        )
-        .values(
-            status=FileStatus.ASSIGNED,
-            edge=case({f.id: edge.name for f, _, edge in chosen}, value=File.id),
-            attempt=File.attempt + 1,
-            error=None,
-        )
-        .returning(File.id)
-        .execution_options(synchronize_session=False)
-    )
-    return set(claimed)
-
-
 async def assign_pending(
     session: AsyncSession,
     lost_after: timedelta,
@@ -171,20 +136,7 @@ async def assign_pending(
     keys = await enrollments.keys_of(session, list(candidates))
     # An enrollment revoked since the edges were locked: that edge is given nothing.
     candidates = {name: c for name, c in candidates.items() if name in keys}
-    query = (
-        select(File, Request)
-        .join(Request, Request.id == File.request_id)
-        .where(
-            File.status == FileStatus.PENDING,
-            Request.status.in_((RequestStatus.RECEIVED, RequestStatus.ASSIGNED)),
-        )
-        .order_by(Request.priority.desc(), File.id)
-        .limit(limit)
-        .with_for_update(of=File, skip_locked=True)
-    )
-    if request_id is not None:
-        query = query.where(File.request_id == request_id)
-    rows = (await session.execute(query)).all()
+    rows = await files.claim_pending(session, request_id=request_id, limit=limit)
     # Each file's edge first (each choice changes what the edges have room for), then every
     # chosen file claimed in one statement: a round trip per transaction, not per file.
     chosen: list[tuple[File, Request, Candidate]] = []
@@ -204,7 +156,7 @@ async def assign_pending(
             edge, available_bytes=edge.available_bytes - f.size, queued=edge.queued + 1
         )
         chosen.append((f, request, edge))
-    claimed = await _claim(session, chosen)
+    claimed = await files.assign_many(session, [(f, edge.name) for f, _, edge in chosen])
     taken: dict[str, int] = defaultdict(int)
     assigned = 0
     #: Per request, its trace and how many of its files went to each edge: for the logs.
@@ -213,14 +165,6 @@ async def assign_pending(
     for f, request, edge in chosen:
         if f.id not in claimed:
             continue
-        # What the claim wrote, without reading the row back.
-        for name, value in (
-            ("status", FileStatus.ASSIGNED),
-            ("edge", edge.name),
-            ("attempt", f.attempt + 1),
-            ("error", None),
-        ):
-            set_committed_value(f, name, value)
         taken[edge.name] += f.size
         trace_id, counts = per_request.setdefault(
             request.id, (tracing.trace_id_of(request.trace_context), defaultdict(int))
@@ -232,24 +176,10 @@ async def assign_pending(
             trace_context=request.trace_context,
             signed_for_edge=keys[edge.name],
         )
-        history.record(
-            session,
-            request.id,
-            RequestEventKind.ASSIGNED,
-            file_id=f.id,
-            edge=edge.name,
-            attempt=f.attempt,
-            detail=f"{f.scope}:{f.lfn}",
-        )
         metrics.on_commit(session, metrics.FILES_ASSIGNED.labels(edge=edge.name).inc)
         touched.add(request.id)
         assigned += 1
-    if touched:
-        await session.execute(
-            update(Request)
-            .where(Request.id.in_(touched), Request.status == RequestStatus.RECEIVED)
-            .values(status=RequestStatus.ASSIGNED)
-        )
+    await requests.assign(session, touched)
     for assigned_of, (trace_id, counts) in per_request.items():
         # One line per request, with its ids, whatever context the assignment runs in.
         log.info(
@@ -282,27 +212,19 @@ async def reclaim_lost_edges(session: AsyncSession, lost_after: timedelta) -> li
     ).all()
     if not silent:
         return []
-    lost = [e.name for e in silent if e.status == EdgeStatus.ALIVE]
-    if lost:
-        await session.execute(
-            update(Edge)
-            .where(Edge.name.in_(lost))
-            .values(status=EdgeStatus.LOST)
-            .execution_options(synchronize_session=False)
-        )
     names = [e.name for e in silent]
+    lost = await edges.lose(session, names)
     held: dict[str | None, int] = dict(
         (
             await session.execute(
                 select(File.edge, func.count())
-                .where(File.edge.in_(names), File.status.in_(IN_FLIGHT))
+                .where(File.edge.in_(names), File.status.in_(files.IN_FLIGHT))
                 .group_by(File.edge)
             )
         ).all()
     )
-    if held:
-        await take_back(session, names, "lost")
+    moved = await edges.take_back(session, names, "lost") if held else 0
     reclaimed = sorted(set(lost) | {name for name in held if name is not None})
     if reclaimed:
-        log.warning("edges.lost", edges=reclaimed, files_moved=sum(held.values()))
+        log.warning("edges.lost", edges=reclaimed, files_moved=moved)
     return reclaimed

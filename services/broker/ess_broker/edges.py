@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ess_common.db.models import Edge, EdgeStatus, utcnow
 from ess_common.events import EdgeHeartbeat
+from ess_common.states import edges
 
 log = structlog.get_logger("ess.edges")
 
@@ -64,7 +65,7 @@ async def handle_heartbeat(session: AsyncSession, beat: EdgeHeartbeat) -> None:
     if edge is None:
         try:
             async with session.begin_nested():
-                edge = Edge(name=beat.edge, status=EdgeStatus.ALIVE, registered_at=utcnow())
+                edge = Edge(name=beat.edge, registered_at=utcnow())  # alive: the default
                 _apply(edge, beat)
                 session.add(edge)
             log.info("edge.registered", edge=beat.edge, site=beat.site, region=beat.region)
@@ -76,7 +77,7 @@ async def handle_heartbeat(session: AsyncSession, beat: EdgeHeartbeat) -> None:
     # the edge's, and an edge whose clock runs behind would have every heartbeat after its
     # first ignored, go lost and never come back. Heartbeats expire in the queue, so a late
     # one is at most seconds old; the next one corrects what it says.
-    if edge.status == EdgeStatus.LOST:
-        edge.status = EdgeStatus.ALIVE
+    # Read first: the row is locked, and most heartbeats are of an edge already alive.
+    if edge.status == EdgeStatus.LOST and await edges.come_back(session, beat.edge):
         log.info("edge.returned", edge=beat.edge)
     _apply(edge, beat)

@@ -11,7 +11,7 @@ A batch that fails is recorded again one result per transaction, so that an erro
 to the delivery that caused it (a bad message is refused alone, the rest are recorded) and
 each delivery is acknowledged, retried or dead-lettered on its own. Each delivery's handler
 returns only when its result is committed, and only then is it acknowledged. Other results
-(`file.cached`, `file.failed`, on-demand splits) go through `transactional` as before.
+(`file.cached`, `file.failed`, on-demand splits) go through `transactional`, one each.
 
 Consumes: the results queue's deliveries (after the enrollment check); produces: the
 bookkeeping's rows and outbox events.
@@ -20,8 +20,6 @@ bookkeeping's rows and outbox events.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ess_broker.bookkeeping import handle_splits_done
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import Event, SplitDone
-from ess_common.messaging.bus import Delivery, Handler
-from ess_common.messaging.handlers import flush_quietly, parse_for, transactional
+from ess_common.messaging.bus import Delivery, EventHandler
+from ess_common.messaging.handlers import Routes, flush_quietly, parse_for, transactional
 from ess_common.messaging.outbox import OutboxRelay
 
 log = structlog.get_logger("ess.broker")
@@ -41,7 +39,7 @@ class ResultBatches:
         self,
         sessions: SessionMaker,
         relay: OutboxRelay,
-        others: dict[type[Event], Callable[[AsyncSession, Any], Awaitable[None]]],
+        others: Routes[AsyncSession],
         *,
         max_batch: int = 64,
     ) -> None:
@@ -49,13 +47,14 @@ class ResultBatches:
         self.relay = relay
         self.max_batch = max_batch
         self._others = transactional(sessions, relay, others)
-        self._accepted: tuple[type[Event], ...] = (SplitDone, *others)
+        self._accepted: tuple[type[Event], ...] = (SplitDone, *others.events)
         self._waiting: list[tuple[SplitDone, asyncio.Future[None]]] = []
         self._recording = False
 
     @property
-    def handler(self) -> Handler:
-        return self.handle
+    def handler(self) -> EventHandler:
+        """What a results queue consumes: bound to `split.done` and the others' events."""
+        return EventHandler(self._accepted, self.handle)
 
     async def handle(self, delivery: Delivery) -> None:
         event = parse_for(delivery, *self._accepted)

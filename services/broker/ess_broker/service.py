@@ -39,14 +39,23 @@ from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import Conflict
 from ess_common.events import (
     EdgeHeartbeat,
+    Event,
     FileCached,
     FileFailed,
     RangeSplitOnDemand,
     RequestCreated,
     SplitDone,
 )
-from ess_common.messaging.bus import Bus, Delivery, Handler, audit_queue, dead_exchange
-from ess_common.messaging.handlers import flush_quietly, parse_for, transactional
+from ess_common.messaging.bus import (
+    Bus,
+    Delivery,
+    EventHandler,
+    Handler,
+    audit_queue,
+    dead_exchange,
+    subscribe,
+)
+from ess_common.messaging.handlers import Routes, flush_quietly, parse_for, transactional
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.outages import is_outage
 from ess_common.request_urls import check_request_urls
@@ -60,18 +69,17 @@ log = structlog.get_logger("ess.broker")
 MAX_FILE_ATTEMPTS = 3
 
 
+#: The edges' results the broker records (`Broker.results_handler` routes each).
+RESULTS: tuple[type[Event], ...] = (FileCached, SplitDone, FileFailed, RangeSplitOnDemand)
+
+
 def consumed_queues(exchange: str) -> dict[str, list[str]]:
-    """The queues the broker consumes and the routing keys bound to each (the last on the
-    dead-letter exchange: every dead letter)."""
+    """The queues the broker consumes and the routing keys bound to each, from the event types
+    each takes (the last on the dead-letter exchange: every dead letter)."""
     return {
-        f"{exchange}.broker.requests": ["request.created"],
-        f"{exchange}.broker.heartbeats": ["edge.heartbeat"],
-        f"{exchange}.broker.results": [
-            "file.cached.*",
-            "split.done.*",
-            "file.failed.*",
-            "range.split.*",
-        ],
+        f"{exchange}.broker.requests": [RequestCreated.binding()],
+        f"{exchange}.broker.heartbeats": [EdgeHeartbeat.binding()],
+        f"{exchange}.broker.results": [event.binding() for event in RESULTS],
         audit_queue(exchange): ["#"],
     }
 
@@ -105,15 +113,16 @@ class Broker:
         self.results = ResultBatches(
             sessions,
             self.relay,
-            {
-                FileCached: self.handle_file_cached,
-                FileFailed: self.handle_file_failed,
-                RangeSplitOnDemand: handle_range_split,
-            },
+            Routes[AsyncSession]()
+            .on(FileCached, self.handle_file_cached)
+            .on(FileFailed, self.handle_file_failed)
+            .on(RangeSplitOnDemand, handle_range_split),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._record_request = transactional(
-            sessions, self.relay, {RequestCreated: self.handle_request_created}
+            sessions,
+            self.relay,
+            Routes[AsyncSession]().on(RequestCreated, self.handle_request_created),
         )
 
     async def on_request_created(self, delivery: Delivery) -> None:
@@ -191,6 +200,19 @@ class Broker:
         async with unit_of_work(self.sessions) as session:
             await record_dead_letter(session, delivery)
 
+    def heartbeat_handler(self) -> EventHandler:
+        """The edges' heartbeats, one transaction each."""
+        return transactional(
+            self.sessions,
+            self.relay,
+            Routes[AsyncSession]().on(EdgeHeartbeat, self.handle_heartbeat),
+        )
+
+    def results_handler(self) -> EventHandler:
+        """The edges' results: what the results queue is bound to and how each is handled
+        (`split.done` several to a transaction, `ess_broker.result_batches`)."""
+        return self.results.handler
+
     def from_edges(self, handler: Handler) -> Handler:
         """The handler, behind a check that the message was signed by the enrolled edge it
         names (`ess_broker.enrolled`)."""
@@ -234,25 +256,25 @@ class Broker:
         return list(consumed_queues(self.bus.exchange))
 
     async def start(self) -> None:
-        consumed = consumed_queues(self.bus.exchange)
-        requests, heartbeats, results, audit = consumed
-        await self.bus.consume(requests, consumed[requests], self.on_request_created)
-        await self.bus.consume(
-            heartbeats,
-            consumed[heartbeats],
-            self.from_edges(
-                transactional(self.sessions, self.relay, {EdgeHeartbeat: self.handle_heartbeat})
-            ),
+        requests, heartbeats, results, audit = self.queues
+        await subscribe(
+            self.bus, requests, EventHandler((RequestCreated,), self.on_request_created)
         )
-        await self.bus.consume(
+        await subscribe(
+            self.bus,
+            heartbeats,
+            self.heartbeat_handler().wrapped(self.from_edges),
+        )
+        await subscribe(
+            self.bus,
             results,
-            consumed[results],
-            self.from_edges(self.results.handle),
+            self.results_handler().wrapped(self.from_edges),
             prefetch=self.settings.results_prefetch,
         )
+        # Every dead letter, whatever its event (or none readable): bound to all keys.
         await self.bus.consume(
             audit,
-            consumed[audit],
+            ["#"],
             self.handle_dead_letter,
             exchange=dead_exchange(self.bus.exchange),
         )

@@ -17,28 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common import metrics
 from ess_common.db import history
-from ess_common.db.models import (
-    File,
-    FileStatus,
-    Request,
-    RequestEvent,
-    RequestEventKind,
-    RequestStatus,
-    utcnow,
-)
-from ess_common.events import RequestFailed, RequestStalled
-from ess_common.messaging.outbox import add_event
+from ess_common.db.models import File, Request, RequestEvent, RequestEventKind, utcnow
+from ess_common.states import files, requests
 
 log = structlog.get_logger("ess.broker.stuck")
-
-_OPEN = (RequestStatus.RECEIVED, RequestStatus.ASSIGNED)
-#: Files whose work is not done.
-_UNFINISHED = (FileStatus.PENDING, FileStatus.ASSIGNED, FileStatus.CACHED)
 
 
 @dataclass(frozen=True)
@@ -50,7 +36,7 @@ class StuckSweep:
 
 
 async def _last_progress(session: AsyncSession, request: Request) -> datetime:
-    files = await session.scalar(
+    of_files = await session.scalar(
         select(func.max(File.updated_at)).where(File.request_id == request.id)
     )
     told = await session.scalar(
@@ -59,7 +45,7 @@ async def _last_progress(session: AsyncSession, request: Request) -> datetime:
     # SQLite gives its times back without their zone: all are UTC.
     return max(
         t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-        for t in (request.updated_at, files, told)
+        for t in (request.updated_at, of_files, told)
         if t is not None
     )
 
@@ -84,75 +70,17 @@ async def _drives_since_retry(session: AsyncSession, request_id: str) -> int:
 
 
 async def _drive(session: AsyncSession, request: Request, why: str, drive: int, of: int) -> None:
-    moved = (
-        await session.execute(
-            select(File.id, File.edge, File.attempt).where(
-                File.request_id == request.id,
-                File.status.in_((FileStatus.ASSIGNED, FileStatus.CACHED)),
-            )
-        )
-    ).all()
-    if moved:
-        await session.execute(
-            update(File)
-            .where(
-                File.id.in_([file_id for file_id, _, _ in moved]),
-                File.status.in_((FileStatus.ASSIGNED, FileStatus.CACHED)),
-            )
-            .values(status=FileStatus.PENDING, edge=None)
-            .execution_options(synchronize_session=False)
-        )
-    for file_id, edge, attempt in moved:
-        history.record(
-            session,
-            request.id,
-            RequestEventKind.MOVED,
-            file_id=file_id,
-            edge=edge,
-            attempt=attempt,
-            detail=f"taken back: {why}",
-        )
+    moved = await files.take_back_of_request(session, request.id, why)
     detail = f"{why}: drive {drive} of {of}, {len(moved)} files sent out again"
     history.record(session, request.id, RequestEventKind.DRIVEN, detail=detail)
-    add_event(
-        session,
-        RequestStalled(
-            request_id=request.id,
-            dataset=request.dataset,
-            idempotency_key=request.idempotency_key,
-            reason=why,
-            drive=drive,
-            max_drives=of,
-            correlation_id=request.id,
-        ),
-    )
+    requests.announce_stalled(session, request, reason=why, drive=drive, max_drives=of)
     log.warning("request.driven", request_id=request.id, drive=drive, files=len(moved), why=why)
 
 
 async def _fail(session: AsyncSession, request: Request, why: str) -> None:
     reason = f"stuck: {why}"
-    failed = (
-        await session.scalars(
-            update(File)
-            .where(File.request_id == request.id, File.status.in_(_UNFINISHED))
-            .values(status=FileStatus.FAILED, error=reason)
-            .returning(File.id)
-            .execution_options(synchronize_session=False)
-        )
-    ).all()
-    request.status, request.error = RequestStatus.FAILED, reason
-    history.record(session, request.id, RequestEventKind.FAILED, detail=reason)
-    metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state="failed").inc)
-    add_event(
-        session,
-        RequestFailed(
-            request_id=request.id,
-            dataset=request.dataset,
-            idempotency_key=request.idempotency_key,
-            reason=reason,
-            correlation_id=request.id,
-        ),
-    )
+    failed = await files.give_up(session, request.id, reason)
+    await requests.fail(session, request.id, reason)
     log.error("request.stuck_failed", request_id=request.id, files=len(failed), reason=reason)
 
 
@@ -165,7 +93,7 @@ async def sweep_stuck(
     candidates = (
         await session.scalars(
             select(Request)
-            .where(Request.status.in_(_OPEN), Request.updated_at < cutoff)
+            .where(Request.status.in_(requests.OPEN), Request.updated_at < cutoff)
             .order_by(Request.updated_at)
             .limit(batch)
             # Another broker's sweep takes the others; a result being recorded keeps its own.

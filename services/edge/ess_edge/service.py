@@ -15,8 +15,8 @@ import structlog
 from ess_common.cache_space import CacheSpace
 from ess_common.edge_work import CancelledRequests, cancelled_queue, edge_queues
 from ess_common.events import RequestCancelled
-from ess_common.messaging.bus import Bus, Delivery
-from ess_common.messaging.handlers import parse_for
+from ess_common.messaging.bus import Bus, Delivery, subscribe
+from ess_common.messaging.handlers import Routes, event_handler
 from ess_common.runtime import every
 from ess_common.settings import EdgeSettings
 from ess_edge.cache import Evictor
@@ -68,8 +68,12 @@ class Edge:
         queues = edge_queues(self.bus.exchange, self.settings.edge_name)
         for queue, bindings in queues.items():
             await self.bus.declare(queue, bindings)
-        cancelled = cancelled_queue(self.bus.exchange, self.settings.edge_name)
-        await self.bus.consume(cancelled, queues[cancelled], self.on_cancelled)
+        await subscribe(
+            self.bus,
+            cancelled_queue(self.bus.exchange, self.settings.edge_name),
+            event_handler(Routes[Delivery]().on(RequestCancelled, self.on_cancelled)),
+            edge=self.settings.edge_name,
+        )
         if self.server is not None:
             await self._serve(self.server)
         # The evictor first: a worker's download waits for room only while one runs.
@@ -103,9 +107,7 @@ class Edge:
                 raise RuntimeError("the edge's server stopped before it started")
             await asyncio.sleep(0.02)
 
-    async def on_cancelled(self, delivery: Delivery) -> None:
-        event = parse_for(delivery, RequestCancelled)
-        assert isinstance(event, RequestCancelled)
+    async def on_cancelled(self, delivery: Delivery, event: RequestCancelled) -> None:
         await asyncio.to_thread(self.cancelled.mark, event.request_id)
         forgotten = await asyncio.to_thread(self.cancelled.forget_old)
         log.info("request.cancelled", request_id=event.request_id, forgotten=forgotten)

@@ -29,39 +29,21 @@ import structlog
 from sqlalchemy import String, cast, delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common import metrics
-from ess_common.db import history
-from ess_common.db.models import (
-    File,
-    FileStatus,
-    Notification,
-    Range,
-    Request,
-    RequestEventKind,
-    RequestStatus,
-    utcnow,
-)
+from ess_common.db.models import File, Notification, Range, Request, RequestStatus, utcnow
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import Conflict, NotFound
-from ess_common.events import RequestCancelled
-from ess_common.messaging.outbox import add_event
+from ess_common.states import files, requests
 from ess_common.store.base import ObjectStore, attempts_prefix
 
 log = structlog.get_logger("ess.head_api.lifecycle")
 
-CANCELLABLE = (RequestStatus.RECEIVED, RequestStatus.ASSIGNED, RequestStatus.FAILED)
-FINISHED = (RequestStatus.READY, RequestStatus.FAILED, RequestStatus.CANCELLED)
 _FAILED = "request.failed"
-#: Files whose work is not done: what a cancel stops.
-_UNFINISHED = (FileStatus.PENDING, FileStatus.ASSIGNED, FileStatus.CACHED)
 
 
 async def _locked(session: AsyncSession, request_id: str) -> Request:
     # The same lock the bookkeeping takes for a result: a cancel or retry and the result of
     # the request's last file are serialised, so only one of them decides the end.
-    request = await session.scalar(
-        select(Request).where(Request.id == request_id).with_for_update()
-    )
+    request = await requests.lock(session, request_id)
     if request is None:
         raise NotFound("request", request_id)
     return request
@@ -71,37 +53,12 @@ async def cancel(session: AsyncSession, request_id: str, reason: str) -> Request
     request = await _locked(session, request_id)
     if request.status == RequestStatus.CANCELLED:
         return request
-    if request.status not in CANCELLABLE:
+    cancelled = await requests.cancel(session, request_id, reason)
+    if cancelled is None:
         raise Conflict(f"request {request_id} is {request.status}: it cannot be cancelled")
-    changed = await session.execute(
-        update(Request)
-        .where(Request.id == request_id, Request.status == request.status)
-        .values(status=RequestStatus.CANCELLED, error=reason)
-        .execution_options(synchronize_session=False)
-    )
-    if changed.rowcount != 1:  # type: ignore[attr-defined]
-        raise Conflict(f"request {request_id} changed meanwhile; ask again")
-    await session.execute(
-        update(File)
-        .where(File.request_id == request_id, File.status.in_(_UNFINISHED))
-        .values(status=FileStatus.CANCELLED, error=f"cancelled: {reason}")
-        .execution_options(synchronize_session=False)
-    )
-    await session.refresh(request)
-    add_event(
-        session,
-        RequestCancelled(
-            request_id=request.id,
-            dataset=request.dataset,
-            idempotency_key=request.idempotency_key,
-            reason=reason,
-            correlation_id=request.id,
-        ),
-    )
-    history.record(session, request.id, RequestEventKind.CANCELLED, detail=reason)
-    metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state="cancelled").inc)
-    log.info("request.cancelled", request_id=request.id, reason=reason)
-    return request
+    await files.cancel(session, request_id, reason)
+    log.info("request.cancelled", request_id=request_id, reason=reason)
+    return cancelled
 
 
 async def retry(session: AsyncSession, request_id: str) -> tuple[Request, int]:
@@ -117,30 +74,16 @@ async def retry(session: AsyncSession, request_id: str) -> tuple[Request, int]:
             f"request {request_id} has no files to retry: its dataset was refused ({request.error})"
             "; ask again under a new idempotency key once the dataset is fixed"
         )
-    failed = (
-        await session.scalars(
-            update(File)
-            .where(File.request_id == request_id, File.status == FileStatus.FAILED)
-            .values(status=FileStatus.PENDING, edge=None)
-            .returning(File.id)
-            .execution_options(synchronize_session=False)
-        )
-    ).all()
+    failed = await files.reset(session, request_id)
     assigned_before = await session.scalar(
         select(func.count())
         .select_from(File)
         .where(File.request_id == request_id, File.attempt > 0)
     )
-    changed = await session.execute(
-        update(Request)
-        .where(Request.id == request_id, Request.status == RequestStatus.FAILED)
-        .values(
-            status=RequestStatus.ASSIGNED if assigned_before else RequestStatus.RECEIVED,
-            error=None,
-        )
-        .execution_options(synchronize_session=False)
+    reopened = await requests.reopen(
+        session, request_id, assigned_before=bool(assigned_before), detail=f"{len(failed)} files"
     )
-    if changed.rowcount != 1:  # type: ignore[attr-defined]
+    if reopened is None:
         raise Conflict(f"request {request_id} changed meanwhile; ask again")
     # The notices of this failure stay on record under another name: a later failure of the
     # retried request is a new event and must be announced again.
@@ -153,12 +96,8 @@ async def retry(session: AsyncSession, request_id: str) -> tuple[Request, int]:
         .values(event=literal(f"{_FAILED}@") + cast(Notification.id, String))
         .execution_options(synchronize_session=False)
     )
-    await session.refresh(request)
-    history.record(
-        session, request.id, RequestEventKind.RETRY_REQUESTED, detail=f"{len(failed)} files"
-    )
-    log.info("request.retried", request_id=request.id, files=len(failed))
-    return request, len(failed)
+    log.info("request.retried", request_id=request_id, files=len(failed))
+    return reopened, len(failed)
 
 
 async def expire(
@@ -180,7 +119,7 @@ async def expire(
             ids = (
                 await session.scalars(
                     select(Request.id)
-                    .where(Request.status.in_(FINISHED), Request.updated_at < cutoff)
+                    .where(Request.status.in_(requests.FINISHED), Request.updated_at < cutoff)
                     .order_by(Request.updated_at)
                     .limit(requests_per_round)
                     .with_for_update(skip_locked=True)
@@ -203,7 +142,7 @@ async def _still_expired(session: AsyncSession, request_id: str, cutoff: datetim
             select(Request.id)
             .where(
                 Request.id == request_id,
-                Request.status.in_(FINISHED),
+                Request.status.in_(requests.FINISHED),
                 Request.updated_at < cutoff,
             )
             .with_for_update()
@@ -238,7 +177,7 @@ async def _delete_request(
                 .execution_options(synchronize_session=False)
             )
     async with sessions() as session:
-        files = (
+        held = (
             await session.execute(
                 select(File.id, File.scope, File.lfn, Request.events_per_range)
                 .join(Request, Request.id == File.request_id)
@@ -247,7 +186,7 @@ async def _delete_request(
         ).all()
     # What attempts left that no range row names: an edge's result that came too late, the
     # uploads of an attempt that failed or was cancelled half way.
-    for file_id, scope, lfn, events_per_range in files:
+    for file_id, scope, lfn, events_per_range in held:
         await store.delete_prefix(attempts_prefix(scope, lfn, events_per_range, file_id))
     async with unit_of_work(sessions) as session:
         if not await _still_expired(session, request_id, cutoff):

@@ -42,19 +42,21 @@ from ess_common.db.models import (
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import BadMessage, PermanentError
 from ess_common.events import (
+    NOTICE_EVENTS,
     FileReady,
     RequestCancelled,
     RequestFailed,
     RequestReady,
     RequestStalled,
 )
-from ess_common.messaging.bus import Bus
+from ess_common.messaging.bus import Bus, Delivery, EventHandler, Handler, subscribe
 from ess_common.messaging.dispatch import backoff
-from ess_common.messaging.handlers import transactional
+from ess_common.messaging.handlers import Routes, transactional
 from ess_common.messaging.outbox import OutboxRelay
 from ess_common.messaging.stomp import StompPublisher
 from ess_common.runtime import every
-from ess_common.settings import PANDA_NOTICES, HeadSettings
+from ess_common.settings import HeadSettings
+from ess_common.states import notifications
 from ess_notifier.delivery import HTTP, MESSAGE, STOMP, send
 
 log = structlog.get_logger("ess.notifier")
@@ -71,9 +73,14 @@ _STATUS_OF: dict[str, RequestStatus] = {
 }
 
 
+def notices_queue(exchange: str) -> str:
+    return f"{exchange}.notifier"
+
+
 def consumed_queues(exchange: str) -> dict[str, list[str]]:
-    """The queue the notifier consumes and the routing keys bound to it."""
-    return {f"{exchange}.notifier": list(PANDA_NOTICES)}
+    """The queue the notifier consumes and the routing keys bound to it: those of the events
+    it tells PanDA about (`Notifier.notices_handler` takes the same types)."""
+    return {notices_queue(exchange): [event.binding() for event in NOTICE_EVENTS]}
 
 
 def payload(event: Notice, request: Request) -> dict[str, Any]:
@@ -181,6 +188,20 @@ class Notifier:
             except IntegrityError:
                 log.info("notification.exists", kind=kind, target=target)
 
+    def notices_handler(self) -> EventHandler:
+        """The events the notifier tells PanDA about (`NOTICE_EVENTS`), each recorded as
+        notifications in a transaction of its own."""
+        return transactional(
+            self.sessions,
+            self.relay,
+            Routes[AsyncSession]()
+            .on(RequestReady, self.handle_request_event)
+            .on(RequestFailed, self.handle_request_event)
+            .on(RequestCancelled, self.handle_request_event)
+            .on(RequestStalled, self.handle_request_event)
+            .on(FileReady, self.handle_request_event),
+        )
+
     async def deliver_due(self) -> int:
         """Send every notification that is due; returns how many were sent."""
         sent = 0
@@ -219,7 +240,7 @@ class Notifier:
         except Exception as exc:
             n.last_error = f"{type(exc).__name__}: {exc}"[:2000]
             if isinstance(exc, PermanentError) or n.attempts >= self.settings.callback_max_attempts:
-                n.status = NotificationStatus.FAILED
+                await notifications.give_up(session, n.id)
                 log.error("notification.failed", id=n.id, target=n.target, reason=n.last_error)
                 history.record(
                     session,
@@ -236,7 +257,7 @@ class Notifier:
                 outcome = "retry"
             metrics.on_commit(session, metrics.NOTIFICATIONS.labels(n.kind, outcome).inc)
             return
-        n.status, n.sent_at, n.last_error = NotificationStatus.SENT, utcnow(), None
+        await notifications.sent(session, n.id)
         log.info("notification.sent", id=n.id, kind=n.kind, target=n.target)
         history.record(
             session, n.request_id, RequestEventKind.NOTIFIED, attempt=n.attempts, detail=what
@@ -244,24 +265,16 @@ class Notifier:
         metrics.on_commit(session, metrics.NOTIFICATIONS.labels(n.kind, "sent").inc)
 
     async def start(self) -> None:
-        handler = transactional(
-            self.sessions,
-            self.relay,
-            {
-                RequestReady: self.handle_request_event,
-                RequestFailed: self.handle_request_event,
-                RequestCancelled: self.handle_request_event,
-                RequestStalled: self.handle_request_event,
-                FileReady: self.handle_request_event,
-            },
-        )
+        handler = self.notices_handler()
 
-        async def handle_then_deliver(delivery: Any) -> None:
-            await handler(delivery)
-            await self.deliver_due()
+        def then_deliver(handle: Handler) -> Handler:
+            async def handle_then_deliver(delivery: Delivery) -> None:
+                await handle(delivery)
+                await self.deliver_due()
 
-        for queue, bindings in consumed_queues(self.bus.exchange).items():
-            await self.bus.consume(queue, bindings, handle_then_deliver)
+            return handle_then_deliver
+
+        await subscribe(self.bus, notices_queue(self.bus.exchange), handler.wrapped(then_deliver))
         self._task = asyncio.create_task(
             every(self.settings.sweep_interval_s, self.deliver_due, "deliver"),
             name="notifier-deliver",

@@ -23,6 +23,7 @@ import asyncio
 import os
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,12 +37,11 @@ from ess_common.edge_work import (
     CancelledRequests,
     assigned_queue,
     cache_path,
-    edge_queues,
     work_handler,
 )
 from ess_common.errors import ChecksumMismatch, EssError, RetryableError
 from ess_common.events import DatasetFile, FileAssigned, FileCached
-from ess_common.messaging.bus import Bus
+from ess_common.messaging.bus import Bus, subscribe
 from ess_common.messaging.long_work import held_briefly
 from ess_common.settings import EdgeSettings
 from ess_common.work_guard import WorkGuard
@@ -213,25 +213,28 @@ class Precacher:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         # A multi-GB download may outlast RabbitMQ's consumer_timeout: its delivery is
         # handed back to the queue every `delivery_hold_s` while it runs.
-        queue = assigned_queue(self.bus.exchange, self.settings.edge_name)
-        await self.bus.consume(
-            queue,
-            edge_queues(self.bus.exchange, self.settings.edge_name)[queue],
-            held_briefly(
-                self.bus,
-                work_handler(
+        work = work_handler(
+            self.bus,
+            FileAssigned,
+            "precache",
+            self.settings.max_attempts,
+            self.handle_file_assigned,
+            edge_token=self.settings.edge_token,
+            cancelled=CancelledRequests(self.cache_dir),
+            guard=self.guard,
+        )
+        await subscribe(
+            self.bus,
+            assigned_queue(self.bus.exchange, self.settings.edge_name),
+            work.wrapped(
+                partial(
+                    held_briefly,
                     self.bus,
-                    FileAssigned,
-                    "precache",
-                    self.settings.max_attempts,
-                    self.handle_file_assigned,
-                    edge_token=self.settings.edge_token,
-                    cancelled=CancelledRequests(self.cache_dir),
-                    guard=self.guard,
-                ),
-                hold_s=self.settings.delivery_hold_s,
-                limit=self.settings.prefetch,
+                    hold_s=self.settings.delivery_hold_s,
+                    limit=self.settings.prefetch,
+                )
             ),
+            edge=self.settings.edge_name,
         )
 
     async def stop(self) -> None:

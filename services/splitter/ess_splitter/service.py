@@ -19,6 +19,7 @@ import asyncio
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -29,12 +30,11 @@ from ess_common.edge_work import (
     CancelledRequests,
     cache_path,
     cached_queue,
-    edge_queues,
     work_handler,
 )
 from ess_common.errors import PermanentError, RetryableError
 from ess_common.events import FileCached, RangeInfo, SplitDone
-from ess_common.messaging.bus import Bus
+from ess_common.messaging.bus import Bus, subscribe
 from ess_common.messaging.long_work import held_briefly
 from ess_common.settings import EdgeSettings
 from ess_common.store.base import ObjectStore, range_key
@@ -157,27 +157,27 @@ class Splitter:
     async def start(self) -> None:
         # A slow split may outlast RabbitMQ's consumer_timeout: its delivery is handed back
         # to the queue every `delivery_hold_s` while it runs.
-        queue = cached_queue(self.bus.exchange, self.settings.edge_name)
-        await self.bus.consume(
-            queue,
-            edge_queues(self.bus.exchange, self.settings.edge_name)[queue],
-            held_briefly(
-                self.bus,
-                work_handler(
-                    self.bus,
-                    FileCached,
-                    "split",
-                    self.settings.max_attempts,
-                    self.handle_file_cached,
-                    edge_token=self.settings.edge_token,
-                    cancelled=CancelledRequests(self.cache_dir),
-                    # The cached input is no longer needed by this work: it may be evicted.
-                    dropped=lambda e: unpin(self.cache_dir, e.work.file_id, e.work.attempt),
-                    guard=self.guard,
-                ),
-                hold_s=self.settings.delivery_hold_s,
-                limit=self.workers,
+        work = work_handler(
+            self.bus,
+            FileCached,
+            "split",
+            self.settings.max_attempts,
+            self.handle_file_cached,
+            edge_token=self.settings.edge_token,
+            cancelled=CancelledRequests(self.cache_dir),
+            # The cached input is no longer needed by this work: it may be evicted.
+            dropped=lambda e: unpin(self.cache_dir, e.work.file_id, e.work.attempt),
+            guard=self.guard,
+        )
+        await subscribe(
+            self.bus,
+            cached_queue(self.bus.exchange, self.settings.edge_name),
+            work.wrapped(
+                partial(
+                    held_briefly, self.bus, hold_s=self.settings.delivery_hold_s, limit=self.workers
+                )
             ),
+            edge=self.settings.edge_name,
             # One more file per slot: it is split while the previous one uploads.
             prefetch=2 * self.workers,
         )

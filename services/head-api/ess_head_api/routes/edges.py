@@ -16,10 +16,10 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_common.db.file_moves import take_back
-from ess_common.db.models import Edge, EdgeStatus
+from ess_common.db.models import Edge
 from ess_common.db.session import unit_of_work
 from ess_common.errors import NotFound
+from ess_common.states import edges
 from ess_head_api.auth import READERS, Role, require
 from ess_head_api.schemas import EdgeView
 from ess_head_api.state import HeadState, head_state
@@ -63,8 +63,7 @@ async def drain_edge(name: str, state: State) -> EdgeView:
     """The edge finishes the files it has and is given no new ones."""
     async with unit_of_work(state.sessions) as session:
         edge = await _locked_edge(session, name)
-        if edge.status in (EdgeStatus.ALIVE, EdgeStatus.LOST):
-            edge.status = EdgeStatus.DRAINING
+        if await edges.drain(session, name):
             log.info("edge.draining", edge=name)
         return edge_view(edge, _lost_after(state))
 
@@ -74,8 +73,7 @@ async def disable_edge(name: str, state: State) -> EdgeView:
     """The edge is given nothing, and its unfinished files are moved to other edges now."""
     async with unit_of_work(state.sessions) as session:
         edge = await _locked_edge(session, name)
-        edge.status = EdgeStatus.DISABLED
-        moved = await take_back(session, [name], "disabled")
+        moved = (await edges.disable(session, name, "disabled")).files_moved
         log.warning("edge.disabled", edge=name, files_moved=moved)
         return edge_view(edge, _lost_after(state))
 
@@ -85,7 +83,6 @@ async def enable_edge(name: str, state: State) -> EdgeView:
     """A drained or disabled edge takes work again (while it heartbeats)."""
     async with unit_of_work(state.sessions) as session:
         edge = await _locked_edge(session, name)
-        if edge.status in (EdgeStatus.DRAINING, EdgeStatus.DISABLED):
-            edge.status = EdgeStatus.ALIVE
+        if await edges.enable(session, name):
             log.info("edge.enabled", edge=name)
         return edge_view(edge, _lost_after(state))

@@ -17,10 +17,10 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from ess_common.db import enrollments
-from ess_common.db.file_moves import IN_FLIGHT
 from ess_common.db.models import File
 from ess_common.db.session import unit_of_work
 from ess_common.errors import NotFound
+from ess_common.states.files import IN_FLIGHT
 from ess_head_api.auth import Role, require
 from ess_head_api.state import HeadState, head_state
 

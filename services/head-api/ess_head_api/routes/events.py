@@ -78,6 +78,10 @@ def frame(event: str, data: str, frame_id: int | None = None) -> bytes:
 async def _current(state: HeadState, request_id: str) -> tuple[str, str] | None:
     """The request's status and its JSON, or None when it no longer exists."""
     async with state.sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            # One snapshot for the request and its files' counts: a change committed between
+            # the reads would be streamed as a state the request was never in.
+            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         request = await session.get(Request, request_id)
         if request is None:
             return None
