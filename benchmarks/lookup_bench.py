@@ -59,6 +59,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from benchmarks.local_servers import add_store_options, ensure_database, require_local
 from benchmarks.machine import describe_machine
 from ess_cli.embedded import free_port
 
@@ -140,20 +141,7 @@ async def prepare_database(url: str, shape: Shape, refill: bool) -> tuple[str, f
     (0 when an existing fill was reused)."""
     from ess_common.db.migrate import upgrade
 
-    target = make_url(url)
-    admin = create_async_engine(
-        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    try:
-        async with admin.connect() as connection:
-            exists = await connection.scalar(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"),
-                {"name": target.database},
-            )
-            if not exists:
-                await connection.execute(text(f'CREATE DATABASE "{target.database}"'))
-    finally:
-        await admin.dispose()
+    await ensure_database(url)
     await upgrade(url)
     engine = create_async_engine(url, poolclass=NullPool)
     try:
@@ -779,21 +767,14 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
     parser.add_argument("--breakdown-calls", type=int, default=1000)
-    parser.add_argument("--store", choices=["s3", "local"], default="s3")
-    parser.add_argument("--s3-endpoint-url", default="http://127.0.0.1:8080")
-    parser.add_argument("--s3-access-key", default="test:tester")
-    parser.add_argument("--s3-secret-key", default="testing")
-    parser.add_argument("--s3-bucket", default="ess-bench")
+    add_store_options(parser)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs/benchmarks/lookup.md")
     args = parser.parse_args(argv)
     if not 1 <= args.ranges_per_file <= args.ranges or args.seconds <= 0 or args.rate <= 0:
         parser.error("need 1 <= --ranges-per-file <= --ranges, --seconds > 0 and --rate > 0")
     if args.breakdown_calls < 1 or args.warmup_seconds < 0:
         parser.error("need --breakdown-calls >= 1 and --warmup-seconds >= 0")
-    for url in (args.database_url, args.s3_endpoint_url):
-        host = make_url(url).host if url.startswith("postgresql") else url.split("/")[2]
-        if str(host).split(":")[0] not in ("127.0.0.1", "localhost", "::1"):
-            parser.error(f"{url}: the benchmark only talks to servers on this machine")
+    require_local(parser, (args.database_url, args.s3_endpoint_url))
     return args
 
 

@@ -53,6 +53,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from benchmarks.local_servers import drop_database, ensure_database
 from benchmarks.lookup_bench import Server, start_server, wait_ready
 from benchmarks.machine import describe_machine
 from benchmarks.pipeline_flow import Servers
@@ -127,16 +128,7 @@ VALUES (:file_id, 'pilot-bench', :scope, :lfn, :first, :last, :key, :size, :adle
 async def make_database(url: str, stored: Sequence[Stored], per_file: int) -> None:
     from ess_common.db.migrate import upgrade
 
-    await drop_database(url)
-    target = make_url(url)
-    admin = create_async_engine(
-        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{target.database}"'))
-    finally:
-        await admin.dispose()
+    await ensure_database(url, fresh=True)
     await upgrade(url)
     engine = create_async_engine(url, poolclass=NullPool)
     try:
@@ -173,20 +165,6 @@ async def make_database(url: str, stored: Sequence[Stored], per_file: int) -> No
             )
     finally:
         await engine.dispose()
-
-
-async def drop_database(url: str) -> None:
-    target = make_url(url)
-    admin = create_async_engine(
-        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(
-                text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
-            )
-    finally:
-        await admin.dispose()
 
 
 # --- the two clients ----------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy.engine import make_url
 
+from benchmarks.local_servers import add_store_options, drop_database, require_local
 from benchmarks.lookup_bench import Server, start_server, wait_ready
 from benchmarks.scale_broker import (
     BrokerUnderTest,
@@ -68,7 +69,7 @@ from benchmarks.scale_broker import (
     scale_request,
     settings_for,
 )
-from benchmarks.scale_fill import FillShape, Prepared, drop_database, prepare, ranges_size
+from benchmarks.scale_fill import FillShape, Prepared, prepare, ranges_size
 from benchmarks.scale_load import LoadProcess, PhaseResult
 from ess_broker.retention import purge_old_ranges
 from ess_common.db.session import make_engine, make_session_maker
@@ -301,11 +302,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--store", choices=["s3", "local"], default="s3")
-    parser.add_argument("--s3-endpoint-url", default="http://127.0.0.1:8080")
-    parser.add_argument("--s3-access-key", default="test:tester")
-    parser.add_argument("--s3-secret-key", default="testing")
-    parser.add_argument("--s3-bucket", default="ess-bench")
+    add_store_options(parser)
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs/benchmarks/scale.md")
     args = parser.parse_args(argv)
     try:
@@ -314,10 +311,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--scales takes factors such as 0.1,1.0")
     if not args.scale_list or min(args.scale_list) <= 0:
         parser.error("--scales takes factors above 0")
-    for url in (args.database_url, args.s3_endpoint_url):
-        host = make_url(url).host if url.startswith("postgresql") else url.split("/")[2]
-        if str(host).split(":")[0] not in ("127.0.0.1", "localhost", "::1"):
-            parser.error(f"{url}: the benchmark only talks to servers on this machine")
+    require_local(parser, (args.database_url, args.s3_endpoint_url))
     return args
 
 

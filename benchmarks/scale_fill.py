@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
+
+from benchmarks.local_servers import ensure_database
 
 SCOPE = "mc16_13TeV"
 EVENTS_PER_RANGE = 100
@@ -255,39 +256,6 @@ async def _holds(url: str, shape: FillShape) -> bool:
         await engine.dispose()
 
 
-async def _recreate(url: str, *, drop: bool) -> None:
-    target = make_url(url)
-    admin = create_async_engine(
-        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    try:
-        async with admin.connect() as connection:
-            name = target.database
-            if drop:
-                await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            exists = await connection.scalar(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
-            )
-            if not exists:
-                await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await admin.dispose()
-
-
-async def drop_database(url: str) -> None:
-    target = make_url(url)
-    admin = create_async_engine(
-        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(
-                text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
-            )
-    finally:
-        await admin.dispose()
-
-
 async def ranges_size(url: str) -> tuple[int, int]:
     """Bytes of the ranges table with its indexes (and TOAST), and its rows."""
     engine = create_async_engine(url, poolclass=NullPool)
@@ -306,10 +274,10 @@ async def prepare(url: str, shape: FillShape, *, refill: bool) -> Prepared:
     from ess_common.db.migrate import upgrade
 
     fill_s = 0.0
-    await _recreate(url, drop=False)
+    await ensure_database(url, fresh=False)
     if refill or not await _holds(url, shape):
         started = time.perf_counter()
-        await _recreate(url, drop=True)
+        await ensure_database(url, fresh=True)
         await upgrade(url)
         await _fill(url, shape)
         fill_s = time.perf_counter() - started

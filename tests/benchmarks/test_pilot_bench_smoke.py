@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from benchmarks.pilot_bench import drop_database, run
+from benchmarks.local_servers import drop_database
+from benchmarks.pilot_bench import run
 
 if TYPE_CHECKING:
     from tests.conftest import PostgresServer, S3Server

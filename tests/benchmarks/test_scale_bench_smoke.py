@@ -14,8 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from benchmarks.local_servers import drop_database
 from benchmarks.scale_bench import run
-from benchmarks.scale_fill import drop_database
 
 if TYPE_CHECKING:
     from tests.conftest import PostgresServer, S3Server
