@@ -262,28 +262,29 @@ async def split_many(session: AsyncSession, results: Sequence[SplitResult]) -> l
 
 async def retry(session: AsyncSession, work: FileWork, reason: str) -> File | None:
     """assigned or cached -> pending, off its edge: the next sweep assigns it again."""
-    f = await _move_current(session, RETRY, work, edge=None, error=reason)
-    if f is not None:
-        history.record(
-            session,
-            f.request_id,
-            RequestEventKind.RETRIED,
-            file_id=f.id,
-            edge=work.edge,
-            attempt=f.attempt,
-            detail=reason,
-        )
-    return f
+    return await _failed_on_edge(session, RETRY, work, RequestEventKind.RETRIED, reason, edge=None)
 
 
 async def fail(session: AsyncSession, work: FileWork, reason: str) -> File | None:
     """assigned or cached -> failed, with the reason."""
-    f = await _move_current(session, FAIL, work, error=reason)
+    return await _failed_on_edge(session, FAIL, work, RequestEventKind.FILE_FAILED, reason)
+
+
+async def _failed_on_edge(
+    session: AsyncSession,
+    t: Transition[FileStatus],
+    work: FileWork,
+    kind: RequestEventKind,
+    reason: str,
+    **values: Any,
+) -> File | None:
+    """A failure the edge of the current attempt reported, with its reason in the history."""
+    f = await _move_current(session, t, work, error=reason, **values)
     if f is not None:
         history.record(
             session,
             f.request_id,
-            RequestEventKind.FILE_FAILED,
+            kind,
             file_id=f.id,
             edge=work.edge,
             attempt=f.attempt,

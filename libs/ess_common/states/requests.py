@@ -15,7 +15,7 @@ is built here too, so that every notice of a request is built in one place.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sqlalchemy import select, update
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ess_common import metrics
 from ess_common.db import history
 from ess_common.db.models import Request, RequestEventKind, RequestStatus, utcnow
-from ess_common.events import RequestCancelled, RequestFailed, RequestReady, RequestStalled
+from ess_common.events import Event, RequestCancelled, RequestFailed, RequestReady, RequestStalled
 from ess_common.messaging.outbox import add_event
 from ess_common.states.transitions import Transition, table
 
@@ -109,34 +109,59 @@ async def ready(
     session: AsyncSession, request_id: str, *, n_files: int, n_ranges: int, detail: str
 ) -> Request | None:
     """open -> ready: told in its history and by `request.ready`. None when it was not open."""
-    request = await _move(session, MAKE_READY, request_id, ready_at=utcnow())
-    if request is None:
-        return None
-    history.record(session, request.id, RequestEventKind.READY, detail=detail)
-    metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state="ready").inc)
-    add_event(session, RequestReady(n_files=n_files, n_ranges=n_ranges, **_identity(request)))
-    return request
+    return await _finish(
+        session,
+        MAKE_READY,
+        request_id,
+        RequestEventKind.READY,
+        detail,
+        lambda request: RequestReady(n_files=n_files, n_ranges=n_ranges, **_identity(request)),
+        ready_at=utcnow(),
+    )
 
 
 async def fail(session: AsyncSession, request_id: str, reason: str) -> Request | None:
     """open -> failed, with the reason: told in its history and by `request.failed`."""
-    request = await _move(session, FAIL, request_id, error=reason)
-    if request is None:
-        return None
-    history.record(session, request.id, RequestEventKind.FAILED, detail=reason)
-    metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state="failed").inc)
-    add_event(session, RequestFailed(reason=reason, **_identity(request)))
-    return request
+    return await _finish(
+        session,
+        FAIL,
+        request_id,
+        RequestEventKind.FAILED,
+        reason,
+        lambda request: RequestFailed(reason=reason, **_identity(request)),
+        error=reason,
+    )
 
 
 async def cancel(session: AsyncSession, request_id: str, reason: str) -> Request | None:
     """received, assigned or failed -> cancelled: told by `request.cancelled`."""
-    request = await _move(session, CANCEL, request_id, error=reason)
+    return await _finish(
+        session,
+        CANCEL,
+        request_id,
+        RequestEventKind.CANCELLED,
+        reason,
+        lambda request: RequestCancelled(reason=reason, **_identity(request)),
+        error=reason,
+    )
+
+
+async def _finish(
+    session: AsyncSession,
+    t: Transition[RequestStatus],
+    request_id: str,
+    kind: RequestEventKind,
+    detail: str,
+    notice: Callable[[Request], Event],
+    **values: Any,
+) -> Request | None:
+    """A move to a finished state, told in the history, counted, and announced by `notice`."""
+    request = await _move(session, t, request_id, **values)
     if request is None:
         return None
-    history.record(session, request.id, RequestEventKind.CANCELLED, detail=reason)
-    metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state="cancelled").inc)
-    add_event(session, RequestCancelled(reason=reason, **_identity(request)))
+    history.record(session, request.id, kind, detail=detail)
+    metrics.on_commit(session, metrics.REQUESTS_FINISHED.labels(state=t.target.value).inc)
+    add_event(session, notice(request))
     return request
 
 
