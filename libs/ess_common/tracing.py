@@ -175,6 +175,13 @@ def failed(span: Span | None, reason: str) -> None:
         span.set_status(Status(StatusCode.ERROR, reason[:500]))
 
 
+def bind_event(event_id: str) -> None:
+    """Name the event the current delivery carries: in the logs and on the span (a redelivery
+    or a repeated publish of one event is told apart from another event by it)."""
+    structlog.contextvars.bind_contextvars(event_id=event_id)
+    trace.get_current_span().set_attribute("ess.event_id", event_id)
+
+
 def bind_request(request_id: str) -> None:
     """Name the request that the current work belongs to: in the logs and on the span."""
     structlog.contextvars.bind_contextvars(request_id=request_id)

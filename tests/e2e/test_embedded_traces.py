@@ -106,8 +106,12 @@ async def test_a_request_is_one_trace_with_a_span_per_hop(
     trace_id = root.context.trace_id
     ours = [s for s in finished if s.context is not None and s.context.trace_id == trace_id]
     names = [s.name for s in ours]
-    hops = [hop(s) for s in ours if s.kind is SpanKind.CONSUMER]
-    # A span per hop: the broker, each file's precacher and splitter (two files on two edges),
+    consumed = [s for s in ours if s.kind is SpanKind.CONSUMER]
+    # Delivery is at least once: a retried delivery, or an event two relays published at the
+    # same moment (SQLite has no row locks), is another span of the same event.
+    handled = {(hop(s), str((s.attributes or {})["ess.event_id"])) for s in consumed}
+    hops = [h for h, _ in handled]
+    # A hop per event: the broker, each file's precacher and splitter (two files on two edges),
     # the broker's record of each result, the notifier.
     n = len(files)
     expected = [

@@ -43,7 +43,7 @@ def parse_for(delivery: Delivery, *accepted: type[Event]) -> Event:
     )
     if not isinstance(event, accepted):
         raise BadMessage(f"queue {delivery.queue} does not take {event.routing_key()} events")
-    structlog.contextvars.bind_contextvars(event_id=str(event.event_id))
+    tracing.bind_event(str(event.event_id))
     if event.correlation_id:
         tracing.bind_request(event.correlation_id)
     return event
