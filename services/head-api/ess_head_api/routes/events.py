@@ -32,6 +32,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi import Request as HttpRequest
 from fastapi.responses import Response, StreamingResponse
 from pydantic import TypeAdapter
+from sqlalchemy import text
 
 from ess_common.db.history import history
 from ess_common.db.models import Request, RequestStatus
@@ -78,10 +79,13 @@ def frame(event: str, data: str, frame_id: int | None = None) -> bytes:
 async def _current(state: HeadState, request_id: str) -> tuple[str, str] | None:
     """The request's status and its JSON, or None when it no longer exists."""
     async with state.sessions() as session:
+        # One snapshot for the request and its files' counts: a change committed between the
+        # reads would be streamed as a state the request was never in.
         if session.get_bind().dialect.name == "postgresql":
-            # One snapshot for the request and its files' counts: a change committed between
-            # the reads would be streamed as a state the request was never in.
             await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        else:
+            # SQLite's driver begins no transaction for reads: each would see its own.
+            await session.execute(text("BEGIN"))
         request = await session.get(Request, request_id)
         if request is None:
             return None
