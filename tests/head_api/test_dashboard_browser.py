@@ -97,7 +97,7 @@ async def test_the_dashboard_follows_a_request_and_drains_an_edge(
         await expect(state).to_have_attribute("data-state", "ready", timeout=60_000)
         view = (await deployment.http.get(f"/v1/requests/{created['id']}")).json()
         await expect(page.locator("#ranges-count")).to_have_text(str(view["ranges"]))
-        await expect(page.locator("#history [data-state=notified]")).to_be_visible(timeout=15_000)
+        await expect(page.locator("#history [data-state=notified]")).to_be_visible(timeout=60_000)
         for kind in ("received", "assigned", "cached", "split", "ready"):
             assert await page.locator(f"#history [data-state={kind}]").count() >= 1, kind
         assert await page.evaluate("window.loadedOnce === true"), "the page was reloaded"
