@@ -4,18 +4,20 @@ its reason and changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import event, select
 
+from ess_broker.enrolled import EnrollmentKeys
 from ess_broker.service import Broker
 from ess_common import enrollment
 from ess_common.db import enrollments
 from ess_common.db.models import DeadLetter, Edge, EdgeStatus
-from ess_common.db.session import SessionMaker, unit_of_work
+from ess_common.db.session import SessionMaker, engine_of, unit_of_work
 from ess_common.events import DatasetFile, FileWork
 from ess_common.messaging.bus import EDGE_SIGNATURE_HEADER, Bus, edge_signature, publish_event
 from ess_common.settings import EdgeSettings, HeadSettings
@@ -137,3 +139,33 @@ async def test_a_revoked_edge_is_disabled_and_its_files_move(
     # Enrolled again, it takes work again.
     await enroll(sessions, "edge-a")
     assert await edges(sessions) == {"edge-a": EdgeStatus.ALIVE}
+
+
+async def test_keys_asked_at_one_moment_are_read_by_one_statement(sessions: SessionMaker) -> None:
+    await enroll(sessions, "edge-a")
+    await enroll(sessions, "edge-b")
+    await enroll(sessions, "edge-revoked")
+    async with unit_of_work(sessions) as session:
+        assert await enrollments.revoke(session, "edge-revoked")
+        expected = {name: await enrollments.key_of(session, name) for name in ("edge-a", "edge-b")}
+    reads: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "edge_enrollments" in statement:
+            reads.append(statement)
+
+    engine = engine_of(sessions).sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        keys = EnrollmentKeys(sessions)
+        asked = ["edge-a", "edge-b", "edge-revoked", "ghost-edge"] * 16
+        answers = await asyncio.gather(*(keys.key_of(name) for name in asked))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert answers == [expected.get(name) for name in asked]
+    # The first asker's edge at once, then everyone who asked meanwhile, together.
+    assert len(reads) == 2
+    # Asked again later, read again: a revocation since is seen.
+    async with unit_of_work(sessions) as session:
+        assert await enrollments.revoke(session, "edge-a")
+    assert await keys.key_of("edge-a") is None

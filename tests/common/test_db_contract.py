@@ -31,7 +31,7 @@ from ess_common.errors import Conflict
 from ess_common.events import EdgeHeartbeat, RequestCreated, RequestSpec, parse_event
 from ess_common.messaging.bus import Delivery
 from ess_common.messaging.memory import MemoryBus
-from ess_common.messaging.outbox import OutboxRelay, add_event
+from ess_common.messaging.outbox import OutboxRelay, add_event, wrote_events
 from tests.helpers import eventually
 
 
@@ -261,6 +261,16 @@ async def test_an_event_rolled_back_with_its_change_is_never_published(
             raise RuntimeError("the change failed")
     assert await OutboxRelay(sessions, memory_bus).flush() == 0
     assert await memory_bus.depth("outbox-watch") == 0
+
+
+async def test_a_session_tells_whether_it_wrote_to_the_outbox(sessions: SessionMaker) -> None:
+    """What decides whether a handler's commit is followed by a flush of the outbox."""
+    async with unit_of_work(sessions) as session:
+        await session.execute(select(OutboxMessage).limit(1))
+    assert not wrote_events(session)
+    async with unit_of_work(sessions) as session:
+        add_event(session, heartbeat(1))
+    assert wrote_events(session)
 
 
 # --- timestamps ---------------------------------------------------------------------------------

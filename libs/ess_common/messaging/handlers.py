@@ -6,7 +6,7 @@
 
 `transactional` gives each message its own session: the handler changes the database and
 writes its outgoing events to the outbox; the commit happens here, the outbox is flushed after
-it, and only then does the bus ack the message.
+it when the handler wrote to it, and only then does the bus ack the message.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.errors import BadMessage
 from ess_common.events import Event, parse_event
 from ess_common.messaging.bus import Delivery, EventHandler
-from ess_common.messaging.outbox import OutboxRelay
+from ess_common.messaging.outbox import OutboxRelay, wrote_events
 from ess_common.outages import is_outage
 
 log = structlog.get_logger("ess.handlers")
@@ -93,7 +93,8 @@ def transactional(
         event = parse_for(delivery, *routes.events)
         async with unit_of_work(sessions) as session:
             await routes.handler_of(event)(session, event)
-        await flush_quietly(relay)
+        if wrote_events(session):
+            await flush_quietly(relay)
 
     return EventHandler(routes.events, handle)
 

@@ -26,6 +26,9 @@ from ess_common.outages import is_outage
 
 log = structlog.get_logger("ess.outbox")
 
+#: Set in a session's `info` once it wrote to the outbox (`wrote_events`).
+_WROTE = "ess.outbox.wrote"
+
 
 def add_event(
     session: AsyncSession,
@@ -52,6 +55,14 @@ def add_event(
             headers=headers or None,
         )
     )
+    session.info[_WROTE] = True
+
+
+def wrote_events(session: AsyncSession) -> bool:
+    """Whether `add_event` wrote to the outbox in this session: after its commit, a flush
+    then has something of its own to publish; without, it would only cost a round trip
+    (what other sessions leave is the relay loop's)."""
+    return bool(session.info.get(_WROTE))
 
 
 class OutboxRelay:

@@ -223,7 +223,9 @@ async def split_many(session: AsyncSession, results: Sequence[SplitResult]) -> l
             .where(or_(*(_current(MAKE_SPLIT, r.work) for r in results)))
             .values(status=MAKE_SPLIT.target)
             .returning(File)
-            .execution_options(populate_existing=True)
+            # The rows returned are the files' state: no need to evaluate the criteria
+            # against every file the session holds (a batch's criteria name each of them).
+            .execution_options(populate_existing=True, synchronize_session=False)
         )
     }
     split: list[File | None] = []

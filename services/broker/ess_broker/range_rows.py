@@ -37,22 +37,25 @@ async def insert_ranges(
 ) -> None:
     """Record the ranges of each split file."""
     now = utcnow()
-    rows = [
-        (
-            f.id,
-            f.request_id,
-            f.scope,
-            f.lfn,
-            r.first_event,
-            r.last_event,
-            r.key,
-            r.size,
-            r.adler32,
-            now,
-        )
-        for f, ranges in split
-        for r in ranges
-    ]
+    rows: list[tuple[Any, ...]] = []
+    for f, ranges in split:
+        # The file's columns read once (ORM attributes cost a lookup each), not per range.
+        file_id, request_id, scope, lfn = f.id, f.request_id, f.scope, f.lfn
+        rows += [
+            (
+                file_id,
+                request_id,
+                scope,
+                lfn,
+                r.first_event,
+                r.last_event,
+                r.key,
+                r.size,
+                r.adler32,
+                now,
+            )
+            for r in ranges
+        ]
     if not rows:
         return
     connection = await session.connection()

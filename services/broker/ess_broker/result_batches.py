@@ -29,7 +29,7 @@ from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import Event, SplitDone
 from ess_common.messaging.bus import Delivery, EventHandler
 from ess_common.messaging.handlers import Routes, flush_quietly, parse_for, transactional
-from ess_common.messaging.outbox import OutboxRelay
+from ess_common.messaging.outbox import OutboxRelay, wrote_events
 
 log = structlog.get_logger("ess.broker")
 
@@ -78,23 +78,26 @@ class ResultBatches:
 
     async def _record(self, batch: list[tuple[SplitDone, asyncio.Future[None]]]) -> None:
         try:
-            await self._record_together(batch)
+            wrote = await self._record_together(batch)
         finally:
             # Stopped midway (the consumer is cancelled): no delivery waits for ever.
             for _, done in batch:
                 if not done.done():
                     done.cancel()
-        await flush_quietly(self.relay)
+        if wrote:
+            await flush_quietly(self.relay)
 
-    async def _record_together(self, batch: list[tuple[SplitDone, asyncio.Future[None]]]) -> None:
+    async def _record_together(self, batch: list[tuple[SplitDone, asyncio.Future[None]]]) -> bool:
+        """Record the batch; whether it wrote to the outbox."""
         try:
             async with unit_of_work(self.sessions) as session:
                 await handle_splits_done(session, [event for event, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
-                return
+                return False
             log.info("results.batch_failed", results=len(batch), reason=type(exc).__name__)
+            wrote = False
             for event, done in batch:
                 try:
                     async with unit_of_work(self.sessions) as session:
@@ -102,10 +105,12 @@ class ResultBatches:
                 except Exception as one:
                     _settle(done, one)
                 else:
+                    wrote |= wrote_events(session)
                     _settle(done, None)
-        else:
-            for _, done in batch:
-                _settle(done, None)
+            return wrote
+        for _, done in batch:
+            _settle(done, None)
+        return wrote_events(session)
 
 
 def _settle(done: asyncio.Future[None], error: Exception | None) -> None:

@@ -25,7 +25,7 @@ from ess_broker.assignment import assign_pending, reclaim_lost_edges
 from ess_broker.bookkeeping import handle_file_cached, handle_file_failed, handle_split_done
 from ess_broker.dead_letters import record_dead_letter
 from ess_broker.edges import RecordingWindow, handle_heartbeat
-from ess_broker.enrolled import enrolled_only
+from ess_broker.enrolled import EnrollmentKeys, enrolled_only
 from ess_broker.on_demand import handle_range_split
 from ess_broker.orphans import OrphanSweeper
 from ess_broker.result_batches import ResultBatches
@@ -98,6 +98,8 @@ class Broker:
         self.bus = bus
         self.sessions = sessions
         self.relay = OutboxRelay(sessions, bus)
+        #: The keys edges' messages are checked with, read together for a burst of them.
+        self.enrollment_keys = EnrollmentKeys(sessions)
         self.lost_after = timedelta(seconds=settings.edge_lost_after_s)
         self.stuck_after = timedelta(seconds=settings.stuck_after_s)
         #: Since when heartbeats could be recorded: only that time counts toward lost edges.
@@ -216,7 +218,7 @@ class Broker:
     def from_edges(self, handler: Handler) -> Handler:
         """The handler, behind a check that the message was signed by the enrolled edge it
         names (`ess_broker.enrolled`)."""
-        return enrolled_only(self.sessions, handler)
+        return enrolled_only(self.enrollment_keys, handler)
 
     async def sweep(self) -> None:
         # Separate transactions: the edge rows locked to reclaim are not held while assigning.
