@@ -5,8 +5,9 @@ only through messages: each heartbeat and each `split.done` is the JSON an edge 
 signed with its enrollment's upward key, and handed to the handler the broker's daemon
 registers on its queues (`Broker.from_edges(...)`: signature check against the enrollment,
 parsing, the heartbeat in a transaction of its own, `split.done` results several to a
-transaction as they wait (`ess_broker.result_batches`), the outbox flushed after each commit),
-as many at once as the daemon's consumer takes (`prefetch`). Only RabbitMQ's transport is left out.
+transaction as they wait (`ess_broker.result_batches`), the outbox flushed after each commit
+that wrote to it), as many at once as the daemon's consumer takes (`prefetch`). Only
+RabbitMQ's transport is left out.
 The assignment is the broker's `assign_pending`, 500 files a transaction as its sweep runs it,
 its outbox flushed after each to the in-process bus as the daemon does.
 

@@ -312,7 +312,8 @@ def write_page(
         "...)`: each message's edge signature checked against the enrollment table, parsed; "
         "a heartbeat handled in its own transaction, `split.done` results that wait recorded "
         "together in one (`ess_broker.result_batches`); the outbox flushed to the bus after "
-        "each commit), as many messages at once as the consumer's prefetch (8 heartbeats, "
+        "each commit that wrote to it; the edges' keys read together for the messages that "
+        "arrive together), as many messages at once as the consumer's prefetch (8 heartbeats, "
         "64 results: `ESS_PREFETCH`, `ESS_RESULTS_PREFETCH`); the "
         "broker's `assign_pending` as its sweep runs it, 500 files a transaction; "
         "`record_request`; the retention sweep's `purge_old_ranges`.",

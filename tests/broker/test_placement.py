@@ -106,10 +106,16 @@ def test_site_beats_region_and_region_beats_nothing() -> None:
         assert choose_edge(key, GB, edges, replica_sites=["BNL-ATLAS"], replica_regions=["us"]) == (
             same_site
         )
-        assert choose_edge(key, GB, edges, replica_regions=["us"]) == same_region
-    # Without replica information the spread decides among all three.
-    spread = {choose_edge(key, GB, edges) for key in KEYS[:2000]}
-    assert spread == set(edges)
+        # Region beats nothing, however larger the edge elsewhere; between the two edges of
+        # the region, the spread decides.
+        assert choose_edge(key, GB, [elsewhere, same_region], replica_regions=["us"]) == (
+            same_region
+        )
+        assert choose_edge(key, GB, edges, replica_regions=["us"]) != elsewhere
+    # Without replica information the spread decides among all three (among edges of these
+    # capacities "same-site" would win about 1 key in 2,750: of equal ones, a third).
+    equal = [edge(e.name, site=e.site, region=e.region) for e in edges]
+    assert {choose_edge(key, GB, equal) for key in KEYS[:2000]} == set(equal)
 
 
 def test_a_close_edge_without_room_loses_to_one_that_fits() -> None:

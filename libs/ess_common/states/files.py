@@ -155,6 +155,7 @@ async def assign_many(session: AsyncSession, chosen: Sequence[tuple[File, str]])
             .execution_options(synchronize_session=False)
         )
     )
+    told: list[history.Entry] = []
     for f, edge in chosen:
         if f.id not in claimed:
             continue
@@ -166,15 +167,17 @@ async def assign_many(session: AsyncSession, chosen: Sequence[tuple[File, str]])
             ("error", None),
         ):
             set_committed_value(f, name, value)
-        history.record(
-            session,
-            f.request_id,
-            RequestEventKind.ASSIGNED,
-            file_id=f.id,
-            edge=edge,
-            attempt=f.attempt,
-            detail=f"{f.scope}:{f.lfn}",
+        told.append(
+            history.Entry(
+                f.request_id,
+                RequestEventKind.ASSIGNED,
+                file_id=f.id,
+                edge=edge,
+                attempt=f.attempt,
+                detail=f"{f.scope}:{f.lfn}",
+            )
         )
+    await history.record_many(session, told)
     return claimed
 
 
@@ -229,19 +232,21 @@ async def split_many(session: AsyncSession, results: Sequence[SplitResult]) -> l
         )
     }
     split: list[File | None] = []
+    told: list[history.Entry] = []
     for r in results:
         f = moved.pop(r.work.file_id, None)
         split.append(f)
         if f is None:
             continue
-        history.record(
-            session,
-            f.request_id,
-            RequestEventKind.SPLIT,
-            file_id=f.id,
-            edge=f.edge,
-            attempt=f.attempt,
-            detail=f"{r.n_ranges} ranges, {r.size} bytes",
+        told.append(
+            history.Entry(
+                f.request_id,
+                RequestEventKind.SPLIT,
+                file_id=f.id,
+                edge=f.edge,
+                attempt=f.attempt,
+                detail=f"{r.n_ranges} ranges, {r.size} bytes",
+            )
         )
         request = await session.get(Request, f.request_id)
         if request is not None and request.notify_files:
@@ -259,6 +264,7 @@ async def split_many(session: AsyncSession, results: Sequence[SplitResult]) -> l
                     correlation_id=request.id,
                 ),
             )
+    await history.record_many(session, told)
     return split
 
 

@@ -16,14 +16,13 @@ attempt (`ess_common.states.files`), so no file is ever assigned twice.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
 from datetime import timedelta
 
 import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ess_broker.placement import Candidate, choose_edge, replica_places
+from ess_broker.placement import Candidate, Round, replica_places
 from ess_common import metrics, tracing
 from ess_common.db import enrollments
 from ess_common.db.models import Edge, EdgeEnrollment, EdgeStatus, File, Request, utcnow
@@ -140,22 +139,14 @@ async def assign_pending(
     # Each file's edge first (each choice changes what the edges have room for), then every
     # chosen file claimed in one statement: a round trip per transaction, not per file.
     chosen: list[tuple[File, Request, Candidate]] = []
+    placing = Round(list(candidates.values()), max_queued)
     for f, request in rows:
         sites, regions = replica_places(f.replicas or [])
-        edge = choose_edge(
-            f"{f.scope}:{f.lfn}",
-            f.size,
-            list(candidates.values()),
-            replica_sites=sites,
-            replica_regions=regions,
-            max_queued=max_queued,
+        edge = placing.take(
+            f"{f.scope}:{f.lfn}", f.size, replica_sites=sites, replica_regions=regions
         )
-        if edge is None:
-            continue
-        candidates[edge.name] = replace(
-            edge, available_bytes=edge.available_bytes - f.size, queued=edge.queued + 1
-        )
-        chosen.append((f, request, edge))
+        if edge is not None:
+            chosen.append((f, request, edge))
     claimed = await files.assign_many(session, [(f, edge.name) for f, _, edge in chosen])
     taken: dict[str, int] = defaultdict(int)
     assigned = 0
