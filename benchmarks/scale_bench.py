@@ -19,10 +19,12 @@ after it, e.g. `ess_scale_bench_s100`):
    once as the broker's consumer takes.
 5. The request (`--files` files of `--split-ranges` ranges) recorded as the broker records
    `request.created`, then assigned by the broker's `assign_pending` until none is pending,
-   with every edge heartbeating every 5 s and lookups at `--rate` per second meanwhile.
+   with every edge heartbeating every 5 s: half of the files without lookups, the rest with
+   lookups at `--rate` per second meanwhile.
 6. Each file's `split.done` (made by the simulated edge beforehand) through the broker's
-   result handler, `prefetch` at once, in three parts: with lookups at `--target-rate`/s, at
-   `--rate`/s, and with `--connections` clients as fast as they get answered; heartbeats go on.
+   result handler, `prefetch` at once: a quarter without lookups, the rest in three parts:
+   with lookups at `--target-rate`/s, at `--rate`/s, and with `--connections` clients as fast
+   as they get answered; heartbeats go on.
    As many at once as the broker's consumer holds (`results_prefetch`); those that wait are
    recorded together (`ess_broker.result_batches`).
 7. The retention sweep's `purge_old_ranges` deleting the expired tenth of the fill (batches
@@ -116,8 +118,12 @@ class ScaleResult:
     alone: list[tuple[str, PhaseResult]]
     heartbeats: Timed
     record_s: float
+    #: Half of the request's files assigned with nothing else running, the rest with lookups.
+    assignment_alone: Timed
     assignment: Timed
     assignment_lookups: PhaseResult
+    #: A quarter of the results recorded with nothing else running (and the ranges in them).
+    bookkeeping_alone: tuple[Timed, int]
     messages_s: float
     parts: list[Part]
     beats_meanwhile: Timed
@@ -132,6 +138,11 @@ class ScaleResult:
     @property
     def ranges_per_s(self) -> float:
         return sum(p.ranges for p in self.parts) / self.bookkeeping_s
+
+    @property
+    def ranges_per_s_alone(self) -> float:
+        written, ranges = self.bookkeeping_alone
+        return ranges / written.seconds if written.seconds else 0.0
 
     def alone_result(self, label: str) -> PhaseResult:
         return dict(self.alone)[label]
@@ -224,15 +235,26 @@ async def _measure(
     background = Heartbeating(under, edges, HEARTBEAT_INTERVAL_S)
     background.start()
     try:
-        say(f"assigning, lookups at {args.rate:,}/s ...")
+        # Half of the files with nothing else running, the rest with the lookups.
+        say("assigning half of the files alone ...")
+        assignment_alone = await assign_all(under, sizes.files // 2)
+        say(f"assigning the rest, lookups at {args.rate:,}/s ...")
         await load.begin(rate=args.rate)
-        assignment = await assign_all(under, sizes.files)
+        assignment = await assign_all(under, sizes.files - assignment_alone.count)
         assignment_lookups = await load.end()
         say("the edges' split.done messages ...")
         started = time.perf_counter()
         works = await assigned_work(under.sessions, request_id)
         messages = [edges.split_done(w, under.results_queue) for w in works]
         messages_s = time.perf_counter() - started
+        # A quarter of the results with nothing else running, the rest in three parts.
+        quarter = len(messages) // 4
+        say(f"bookkeeping {quarter:,} split.done alone ...")
+        alone_written = await consume(
+            under.on_result, messages[:quarter], under.settings.results_prefetch
+        )
+        bookkeeping_alone = (alone_written, quarter * sizes.split_ranges)
+        messages = messages[quarter:]
         parts = []
         loads = [
             (f"{args.target_rate:,}/s offered", {"rate": args.target_rate}),
@@ -273,8 +295,10 @@ async def _measure(
         alone=alone,
         heartbeats=heartbeats,
         record_s=record_s,
+        assignment_alone=assignment_alone,
         assignment=assignment,
         assignment_lookups=assignment_lookups,
+        bookkeeping_alone=bookkeeping_alone,
         messages_s=messages_s,
         parts=parts,
         beats_meanwhile=beats_meanwhile,

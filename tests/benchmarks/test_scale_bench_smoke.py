@@ -99,12 +99,14 @@ async def test_tiny_runs_fill_reuse_and_write_every_table(
         for heading in (
             "| scale | step | work | seconds | rate |",
             "| 1 | heartbeats alone (5 edges) | 10 |",
-            "| 1 | assignment (`assign_pending`, 500 a transaction) | 20 files |",
-            "| 1 | `split.done` bookkeeping, all | 200 ranges |",
+            "| 1 | assignment without lookups (`assign_pending`, 500 a transaction) | 10 files |",
+            "| 1 | assignment, lookups 40/s offered | 10 files |",
+            "| 1 | `split.done` bookkeeping without lookups | 5 files, 50 ranges |",
+            "| 1 | `split.done` bookkeeping, all with lookups | 150 ranges |",
             "| 1 | retention sweep (`purge_old_ranges`) | 500 ranges |",
             "| 0.5 | retention sweep (`purge_old_ranges`) | 500 ranges |",
             "| figure | unit | scale 0.5 | scale 1 | largest / smallest |",
-            "- result bookkeeping:",
+            "- result bookkeeping into PostgreSQL (target ≥ 50,000 ranges/s): without lookups",
         ):
             assert heading in output
     assert "| 1 | 5,000 (500) | 20 x 10 | 5 |" in first
