@@ -322,16 +322,20 @@ async def _take_back(
         .values(status=TAKE_BACK.target, edge=None)
         .execution_options(synchronize_session=False)
     )
-    for m in moved:
-        history.record(
-            session,
-            m.request_id,
-            RequestEventKind.MOVED,
-            file_id=m.file_id,
-            edge=m.edge,
-            attempt=m.attempt,
-            detail=f"taken back: {why}",
-        )
+    await history.record_many(
+        session,
+        [
+            history.Entry(
+                m.request_id,
+                RequestEventKind.MOVED,
+                file_id=m.file_id,
+                edge=m.edge,
+                attempt=m.attempt,
+                detail=f"taken back: {why}",
+            )
+            for m in moved
+        ],
+    )
     return moved
 
 
