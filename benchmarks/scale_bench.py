@@ -29,7 +29,8 @@ after it, e.g. `ess_scale_bench_s100`):
    recorded together (`ess_broker.result_batches`).
 7. The retention sweep's `purge_old_ranges` deleting the expired tenth of the fill (batches
    of `range_retention_batch`, objects from a local directory store where they are absent)
-   with lookups at `--target-rate`/s.
+   with lookups at `--target-rate`/s; then one sweep more, with nothing expired (what every
+   sweep of the broker costs in the steady state).
 
 Then prints the tables, how each figure grew from the smallest scale to the largest, and
 writes them with the command and the machine to `--out`. Everything talks to 127.0.0.1 only;
@@ -128,6 +129,8 @@ class ScaleResult:
     parts: list[Part]
     beats_meanwhile: Timed
     purged: Timed
+    #: A sweep after it, with nothing expired.
+    purge_idle: Timed
     purge_lookups: PhaseResult
     size_after: tuple[int, int]
 
@@ -289,6 +292,15 @@ async def _measure(
     purge_lookups = await load.end()
     if count != sizes.fill.expired_ranges:
         raise RuntimeError(f"retention deleted {count} ranges, {sizes.fill.expired_ranges} expired")
+    # What every sweep costs afterwards, with nothing expired.
+    started = time.perf_counter()
+    again = await purge_old_ranges(
+        under.sessions,
+        store,
+        RETENTION.total_seconds(),
+        batch=under.settings.range_retention_batch,
+    )
+    purge_idle = Timed(again, time.perf_counter() - started)
     return ScaleResult(
         sizes=sizes,
         prepared=prepared,
@@ -303,6 +315,7 @@ async def _measure(
         parts=parts,
         beats_meanwhile=beats_meanwhile,
         purged=purged,
+        purge_idle=purge_idle,
         purge_lookups=purge_lookups,
         size_after=await ranges_size(url),
     )

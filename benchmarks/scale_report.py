@@ -112,6 +112,8 @@ def broker_table(results: Sequence[ScaleResult]) -> list[str]:
             f"| {beats.seconds:.1f} | {beats.per_s:,.1f} /s | {lat(beats)} |",
             f"| {s} | retention sweep (`purge_old_ranges`) | {r.purged.count:,} ranges "
             f"| {r.purged.seconds:.2f} | {r.purged.per_s:,.0f} ranges/s | — |",
+            f"| {s} | retention sweep with nothing expired | {r.purge_idle.count:,} ranges "
+            f"| {r.purge_idle.seconds:.3f} | — | — |",
         ]
     return lines
 

@@ -105,6 +105,7 @@ async def test_tiny_runs_fill_reuse_and_write_every_table(
             "| 1 | `split.done` bookkeeping, all with lookups | 150 ranges |",
             "| 1 | retention sweep (`purge_old_ranges`) | 500 ranges |",
             "| 0.5 | retention sweep (`purge_old_ranges`) | 500 ranges |",
+            "| 1 | retention sweep with nothing expired | 0 ranges |",
             "| figure | unit | scale 0.5 | scale 1 | largest / smallest |",
             "- result bookkeeping into PostgreSQL (target ≥ 50,000 ranges/s): without lookups",
         ):

@@ -166,6 +166,9 @@ class Range(Base):
             postgresql_where=_ON_DEMAND,
             sqlite_where=_ON_DEMAND,
         ),
+        # The retention sweep reads the oldest first and stops at the cutoff: without it, a
+        # sweep with nothing expired read the whole table.
+        Index("ix_ranges_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -45,7 +45,9 @@ async def purge_old_ranges(
                 await session.execute(
                     select(Range.id, Range.object_key)
                     .where(old)
-                    .order_by(Range.id)
+                    # Oldest first, along `ix_ranges_created_at`: a batch reads the rows it
+                    # deletes, and a sweep with nothing expired one index entry.
+                    .order_by(Range.created_at)
                     .limit(batch)
                     .with_for_update(skip_locked=True)
                 )
