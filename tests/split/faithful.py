@@ -8,9 +8,8 @@ object the same stored bytes; every carried tree the same entries.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import awkward as ak
 import numpy as np
 import skhep_testdata
 import uproot
-import uproot.model
 
 from ess_split.split import SplitResult, file_adler32, plan_ranges
 
@@ -80,45 +78,17 @@ def leaf_branches(tree: Any) -> list[str]:
     return found
 
 
-_new_class = uproot.model.DispatchByVersion.new_class.__func__
-
-
-@contextlib.contextmanager
-def _classes_compiled_once_per_file() -> Iterator[None]:
-    """uproot compiles a class from a file's streamer for an object's version; where the file
-    describes no such version (BDSIM's objects say version 1, their streamers 4), it compiles
-    the latest streamer again for every branch it reads (tens of milliseconds each, over a
-    thousand branches of such a file). Meanwhile the class made from one file's streamer for a
-    version is made once: the same code from the same streamer, so nothing read changes, and
-    another file (a range file) still gets classes from its own streamers."""
-    made: dict[tuple[type, int, int], type] = {}
-
-    def new_class(cls: type, file: Any, version: int) -> type:
-        key = (cls, id(file), version)
-        if key not in made:
-            made[key] = _new_class(cls, file, version)
-        return made[key]
-
-    patched = uproot.model.DispatchByVersion
-    patched.new_class = classmethod(new_class)
-    try:
-        yield
-    finally:
-        patched.new_class = classmethod(_new_class)
-
-
 def read_branches(
     tree: Any, names: Iterable[str], start: int | None = None, stop: int | None = None
 ) -> tuple[dict[str, ak.Array], dict[str, str]]:
     """Entries ``start``..``stop - 1`` of each branch uproot reads, and why it read no other."""
     arrays: dict[str, ak.Array] = {}
     unread: dict[str, str] = {}
-    with _classes_compiled_once_per_file():
-        for name in names:
-            try:
-                arrays[name] = tree[name].array(library="ak", entry_start=start, entry_stop=stop)
-            except Exception as exc:
-                unread[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    for name in names:
+        try:
+            arrays[name] = tree[name].array(library="ak", entry_start=start, entry_stop=stop)
+        except Exception as exc:
+            unread[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
     return arrays, unread
 
 
