@@ -203,24 +203,11 @@ UPROOT_MISREADS: dict[str, str] = {
 }
 
 
-class CorpusJudge(RootJudge):
-    """The judge, and the names of the files' own classes its ROOT process may have emulated
-    (those of every file it judged since it started)."""
-
-    def __init__(self, log: Path) -> None:
-        super().__init__(log)
-        self.emulated: set[str] = set()
-
-    def close(self) -> None:
-        super().close()
-        self.emulated = set()
-
-
 @pytest.fixture(scope="module")
-def corpus_judge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorpusJudge]:
+def corpus_judge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootJudge]:
     """A ROOT process of the corpus' own: the classes it emulates for one file stay with it, and
     the other tests' judge is kept apart from them."""
-    judge = CorpusJudge(tmp_path_factory.mktemp("corpus-judge") / "root.log")
+    judge = RootJudge(tmp_path_factory.mktemp("corpus-judge") / "root.log")
     try:
         yield judge
     finally:
@@ -230,12 +217,10 @@ def corpus_judge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorpusJud
 _ROOT_OWN = ("T", "ROOT::", "std::", "vector", "map", "set", "list", "deque", "pair", "bitset")
 
 
-def own_classes(path: Path) -> set[str]:
-    """The classes the file describes of its own (not ROOT's nor the standard library's)."""
+def own_classes(path: Path) -> bool:
+    """Whether the file describes classes of its own (not ROOT's nor the standard library's)."""
     with uproot.open(path) as root_file:
-        return {
-            str(name) for name in root_file.file.streamers if not str(name).startswith(_ROOT_OWN)
-        }
+        return any(not str(name).startswith(_ROOT_OWN) for name in root_file.file.streamers)
 
 
 def event_trees(path: Path) -> tuple[int, dict[str, int]] | None:
@@ -347,7 +332,7 @@ def same(got: Any, expected: Any) -> bool:
 # The largest files take a minute on an idle machine; a loaded one may need several.
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("source", FILES, ids=[path.name for path in FILES])
-def test_corpus_file(source: Path, corpus_judge: CorpusJudge, tmp_path: Path) -> None:
+def test_corpus_file(source: Path, corpus_judge: RootJudge, tmp_path: Path) -> None:
     assert COFFEA, "ESS_TEST_COFFEA_SAMPLES must name coffea's samples (scripts/test.sh)"
     found = event_trees(source)
     if source.name in NOT_SPLIT:
@@ -365,19 +350,15 @@ def test_corpus_file(source: Path, corpus_judge: CorpusJudge, tmp_path: Path) ->
         return
     assert n_events > 0, f"{source.name} has no events: add it to NO_EVENTS"
     result = split_for_judging(source, tmp_path, n_events)
-    classes = own_classes(source)
-    if classes & corpus_judge.emulated:
+    if own_classes(source):
         # A ROOT process of its own: ROOT keeps the classes it emulates from a file's streamers,
         # and another file's classes of the same names but other layouts would read this one's
-        # entries wrongly, or crash ROOT. (Classes of other names do not meet this file's.)
+        # entries wrongly, or crash ROOT.
         corpus_judge.close()
-    corpus_judge.emulated |= classes
     cannot_read = ROOT_CANNOT_READ.get(source.name)
     problems = judge_with_root(
         corpus_judge, source, trees, n_events, result.ranges, cannot_read is None
     )
-    # Again: a ROOT process that stopped was replaced by one that has judged only this file.
-    corpus_judge.emulated |= classes
     if source.name in JUDGE_LIMITS:
         tree, _ = JUDGE_LIMITS[source.name]
         problems = [p for p in problems if f"({tree}, entries" not in p or "differ" not in p]
