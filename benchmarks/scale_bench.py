@@ -280,27 +280,26 @@ async def _measure(
         f"{args.target_rate:,}/s ..."
     )
     store = await under.broker.retention.store()
+
+    async def sweep() -> Timed:
+        started = time.perf_counter()
+        count = await purge_old_ranges(
+            under.sessions,
+            store,
+            RETENTION.total_seconds(),
+            batch=under.settings.range_retention_batch,
+        )
+        return Timed(count, time.perf_counter() - started)
+
     await load.begin(rate=args.target_rate)
-    started = time.perf_counter()
-    count = await purge_old_ranges(
-        under.sessions,
-        store,
-        RETENTION.total_seconds(),
-        batch=under.settings.range_retention_batch,
-    )
-    purged = Timed(count, time.perf_counter() - started)
+    purged = await sweep()
     purge_lookups = await load.end()
-    if count != sizes.fill.expired_ranges:
-        raise RuntimeError(f"retention deleted {count} ranges, {sizes.fill.expired_ranges} expired")
+    if purged.count != sizes.fill.expired_ranges:
+        raise RuntimeError(
+            f"retention deleted {purged.count} ranges, {sizes.fill.expired_ranges} expired"
+        )
     # What every sweep costs afterwards, with nothing expired.
-    started = time.perf_counter()
-    again = await purge_old_ranges(
-        under.sessions,
-        store,
-        RETENTION.total_seconds(),
-        batch=under.settings.range_retention_batch,
-    )
-    purge_idle = Timed(again, time.perf_counter() - started)
+    purge_idle = await sweep()
     return ScaleResult(
         sizes=sizes,
         prepared=prepared,
