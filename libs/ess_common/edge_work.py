@@ -144,11 +144,11 @@ def work_handler(
                     reason=f"{type(exc).__name__}: {exc}"[:2000],
                     retryable=not permanent,
                     correlation_id=event.work.request_id,
-                ),
+                ).caused_by(event),
                 signed_with=edge_token,
             )
             return
-        await publish_event(bus, result, signed_with=edge_token)
+        await publish_event(bus, result.caused_by(event), signed_with=edge_token)
 
     return EventHandler((accepted,), handle)
 

@@ -124,6 +124,14 @@ class Event(Contract):
     def routing_key(self) -> str:
         return self.type_name()
 
+    def caused_by(self, cause: Event) -> Self:
+        """This event as the outcome of handling `cause`: its id is derived from the cause's
+        id and this event's type, so that handling one event twice (delivery is at least
+        once) publishes the same event twice, which a consumer and a trace can tell apart from
+        a second outcome."""
+        derived = uuid.uuid5(cause.event_id, self.type_name())
+        return self.model_copy(update={"event_id": derived})
+
     @classmethod
     def type_name(cls) -> str:
         """The event's type (its `event_type`), known from its class."""

@@ -128,12 +128,14 @@ class StompLink:
             connection.set_ssl(for_hosts=[(a.host, a.port)], ssl_version=ssl.PROTOCOL_TLS_CLIENT)
         connection.set_listener("ess", _Listener(self))
         connection.connect(a.username, a.password, wait=True)
+        # Known before the subscription: a frame may arrive, and be acknowledged through it,
+        # before this thread returns.
+        self._connection = connection
         if self._subscription is not None:
             destination, subscription = self._subscription
             connection.subscribe(
                 destination, id=subscription, ack="client-individual", headers={"durable": "true"}
             )
-        self._connection = connection
 
     async def connect(self) -> None:
         self._loop = asyncio.get_running_loop()
