@@ -22,9 +22,11 @@ after it, e.g. `ess_scale_bench_s100`):
    with every edge heartbeating every 5 s: half of the files without lookups, the rest with
    lookups at `--rate` per second meanwhile.
 6. Each file's `split.done` (made by the simulated edge beforehand) through the broker's
-   result handler, `prefetch` at once: a quarter without lookups, the rest in three parts:
-   with lookups at `--target-rate`/s, at `--rate`/s, and with `--connections` clients as fast
-   as they get answered; heartbeats go on.
+   result handler, `prefetch` at once: a quarter without lookups; a quarter without lookups by
+   `--brokers` broker processes at once, as broker replicas share the results queue
+   (`benchmarks.scale_replicas`); the rest in three parts: with lookups at `--target-rate`/s,
+   at `--rate`/s, and with `--connections` clients as fast as they get answered; heartbeats
+   go on.
    As many at once as the broker's consumer holds (`results_prefetch`); those that wait are
    recorded together (`ess_broker.result_batches`).
 7. The retention sweep's `purge_old_ranges` deleting the expired tenth of the fill (batches
@@ -67,6 +69,7 @@ from benchmarks.scale_broker import (
     Timed,
     assign_all,
     assigned_work,
+    check_recorded,
     consume,
     record,
     scale_request,
@@ -74,6 +77,7 @@ from benchmarks.scale_broker import (
 )
 from benchmarks.scale_fill import FillShape, Prepared, prepare, ranges_size
 from benchmarks.scale_load import LoadProcess, PhaseResult
+from benchmarks.scale_replicas import consume_in_replicas
 from ess_broker.retention import purge_old_ranges
 from ess_common.db.session import make_engine, make_session_maker
 from ess_common.logs import configure_logging
@@ -125,6 +129,9 @@ class ScaleResult:
     assignment_lookups: PhaseResult
     #: A quarter of the results recorded with nothing else running (and the ranges in them).
     bookkeeping_alone: tuple[Timed, int]
+    #: Another quarter recorded by `brokers` broker processes at once, nothing else running.
+    bookkeeping_replicas: tuple[Timed, int]
+    brokers: int
     messages_s: float
     parts: list[Part]
     beats_meanwhile: Timed
@@ -145,6 +152,11 @@ class ScaleResult:
     @property
     def ranges_per_s_alone(self) -> float:
         written, ranges = self.bookkeeping_alone
+        return ranges / written.seconds if written.seconds else 0.0
+
+    @property
+    def ranges_per_s_replicas(self) -> float:
+        written, ranges = self.bookkeeping_replicas
         return ranges / written.seconds if written.seconds else 0.0
 
     def alone_result(self, label: str) -> PhaseResult:
@@ -189,7 +201,7 @@ async def run_scale(args: argparse.Namespace, sizes: Sizes, url: str, workdir: P
         load = await LoadProcess.start(
             server.url, token, fill.expired_files, fill.files, fill.ranges_per_file
         )
-        return await _measure(args, sizes, prepared, server, load, under, url)
+        return await _measure(args, sizes, prepared, server, load, under, url, workdir)
     finally:
         if load is not None:
             await load.close()
@@ -213,6 +225,7 @@ async def _measure(
     load: LoadProcess,
     under: BrokerUnderTest,
     url: str,
+    workdir: Path,
 ) -> ScaleResult:
     say = _say(sizes.scale)
     seconds = args.seconds
@@ -250,14 +263,24 @@ async def _measure(
         works = await assigned_work(under.sessions, request_id)
         messages = [edges.split_done(w, under.results_queue) for w in works]
         messages_s = time.perf_counter() - started
-        # A quarter of the results with nothing else running, the rest in three parts.
+        # A quarter of the results with nothing else running, a quarter by several broker
+        # processes with nothing else running, the rest in three parts.
         quarter = len(messages) // 4
         say(f"bookkeeping {quarter:,} split.done alone ...")
         alone_written = await consume(
             under.on_result, messages[:quarter], under.settings.results_prefetch
         )
         bookkeeping_alone = (alone_written, quarter * sizes.split_ranges)
-        messages = messages[quarter:]
+        say(f"bookkeeping {quarter:,} split.done alone, {args.brokers} broker processes ...")
+        replicas_written = await consume_in_replicas(
+            url,
+            workdir,
+            under.settings.edge_max_queued,
+            messages[quarter : 2 * quarter],
+            args.brokers,
+        )
+        bookkeeping_replicas = (replicas_written, quarter * sizes.split_ranges)
+        messages = messages[2 * quarter :]
         parts = []
         loads = [
             (f"{args.target_rate:,}/s offered", {"rate": args.target_rate}),
@@ -275,6 +298,7 @@ async def _measure(
             parts.append(Part(label, written, len(batch) * sizes.split_ranges, await load.end()))
     finally:
         beats_meanwhile = await background.stop()
+    await check_recorded(under.sessions, request_id, sizes.files, sizes.request_ranges)
     say(
         f"retention of {sizes.fill.expired_ranges:,} expired ranges, lookups at "
         f"{args.target_rate:,}/s ..."
@@ -310,6 +334,8 @@ async def _measure(
         assignment=assignment,
         assignment_lookups=assignment_lookups,
         bookkeeping_alone=bookkeeping_alone,
+        bookkeeping_replicas=bookkeeping_replicas,
+        brokers=args.brokers,
         messages_s=messages_s,
         parts=parts,
         beats_meanwhile=beats_meanwhile,
@@ -333,6 +359,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--max-queued", type=int, default=0, help="0: files / edges")
     parser.add_argument("--heartbeat-rounds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--brokers", type=int, default=2, help="broker processes of the replicas' bookkeeping"
+    )
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--target-rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=8.0)

@@ -24,13 +24,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from benchmarks.scale_fill import EVENTS_PER_RANGE, SCOPE
 from ess_broker.assignment import assign_pending
 from ess_broker.service import Broker
 from ess_common.db import enrollments
-from ess_common.db.models import File, FileStatus
+from ess_common.db.models import File, FileStatus, Range, Request, RequestStatus
 from ess_common.db.requests import record_request
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import EdgeHeartbeat, FileWork, RangeInfo, RequestSpec, SplitDone
@@ -263,7 +263,6 @@ async def assign_all(under: BrokerUnderTest, n_files: int) -> Timed:
 async def assigned_work(sessions: SessionMaker, request_id: str) -> list[FileWork]:
     """Each assigned file of the request as the broker gave it to its edge."""
     from ess_broker.assignment import file_work
-    from ess_common.db.models import Request
 
     async with sessions() as session:
         request = await session.get(Request, request_id)
@@ -276,3 +275,26 @@ async def assigned_work(sessions: SessionMaker, request_id: str) -> list[FileWor
             )
         ).all()
         return [file_work(request, f) for f in files]
+
+
+async def check_recorded(
+    sessions: SessionMaker, request_id: str, n_files: int, ranges: int
+) -> None:
+    """Fails unless every file of the request is split, with `ranges` range rows in all, and
+    the request is ready: nothing lost, nothing recorded twice."""
+    async with sessions() as session:
+        split = await session.scalar(
+            select(func.count())
+            .select_from(File)
+            .where(File.request_id == request_id, File.status == FileStatus.SPLIT)
+        )
+        rows = await session.scalar(
+            select(func.count()).select_from(Range).where(Range.request_id == request_id)
+        )
+        request = await session.get(Request, request_id)
+    status = request.status if request is not None else None
+    if (split, rows, status) != (n_files, ranges, RequestStatus.READY):
+        raise RuntimeError(
+            f"bookkeeping: {split} of {n_files} files split, {rows} of {ranges} ranges, "
+            f"request {status}"
+        )

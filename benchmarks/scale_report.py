@@ -73,6 +73,7 @@ def broker_table(results: Sequence[ScaleResult]) -> list[str]:
         s = _label(r)
         hb, a, beats = r.heartbeats, r.assignment, r.beats_meanwhile
         a1, (w1, ranges1) = r.assignment_alone, r.bookkeeping_alone
+        wn, rangesn = r.bookkeeping_replicas
 
         def lat(t: object) -> str:
             from benchmarks.scale_broker import Timed
@@ -95,6 +96,9 @@ def broker_table(results: Sequence[ScaleResult]) -> list[str]:
             f"| {s} | `split.done` bookkeeping without lookups | {w1.count:,} files, "
             f"{ranges1:,} ranges | {w1.seconds:.2f} | {r.ranges_per_s_alone:,.0f} ranges/s "
             f"| {lat(w1)} |",
+            f"| {s} | `split.done` bookkeeping without lookups, {r.brokers} broker processes "
+            f"| {wn.count:,} files, {rangesn:,} ranges | {wn.seconds:.2f} "
+            f"| {r.ranges_per_s_replicas:,.0f} ranges/s | {lat(wn)} |",
         ]
         for part in r.parts:
             w = part.written
@@ -155,7 +159,9 @@ def verdicts(results: Sequence[ScaleResult], target_rate: float) -> list[str]:
         f"**{a.per_s:,.0f} files/s** ({_met(a.per_s >= needed)})",
         f"- result bookkeeping into PostgreSQL (target ≥ {RANGES_PER_S:,} ranges/s): without "
         f"lookups **{r.ranges_per_s_alone:,.0f} ranges/s** "
-        f"({_met(r.ranges_per_s_alone >= RANGES_PER_S)}); with lookups **{r.ranges_per_s:,.0f} "
+        f"({_met(r.ranges_per_s_alone >= RANGES_PER_S)}); without lookups by {r.brokers} broker "
+        f"processes **{r.ranges_per_s_replicas:,.0f} ranges/s** "
+        f"({_met(r.ranges_per_s_replicas >= RANGES_PER_S)}); with lookups **{r.ranges_per_s:,.0f} "
         f"ranges/s** ({_met(r.ranges_per_s >= RANGES_PER_S)})",
         f"- lookups while results are recorded, {r.parts[0].load}: p50 "
         f"**{_ms(at_target.p50_ms)} ms**, p99 **{_ms(at_target.p99_ms)} ms**, "
@@ -207,6 +213,11 @@ GROWTHS = [
     Growth("request recorded", "ms per file", lambda r: r.record_s / r.sizes.files * 1e3),
     Growth("assignment", "ms per file", lambda r: r.assignment.seconds / r.assignment.count * 1e3),
     Growth("result bookkeeping", "µs per range", lambda r: 1e6 / r.ranges_per_s),
+    Growth(
+        "result bookkeeping, broker processes",
+        "µs per range",
+        lambda r: 1e6 / r.ranges_per_s_replicas,
+    ),
     Growth("heartbeat handling", "ms per heartbeat", lambda r: 1e3 / r.heartbeats.per_s),
     Growth(
         "retention sweep", "µs per range deleted", lambda r: r.purged.seconds / r.purged.count * 1e6

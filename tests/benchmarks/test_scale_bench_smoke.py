@@ -1,6 +1,7 @@
 """The scale benchmark runs end to end at tiny scales and writes its page (no timings are
 judged): databases of its own on the test PostgreSQL server (filled, reset on a second run,
-dropped at the end), the head API under uvicorn, the pilots' process, the broker's handlers."""
+dropped at the end), the head API under uvicorn, the pilots' process, the broker's handlers
+in this process and in two broker processes."""
 
 from __future__ import annotations
 
@@ -102,7 +103,9 @@ async def test_tiny_runs_fill_reuse_and_write_every_table(
             "| 1 | assignment without lookups (`assign_pending`, 500 a transaction) | 10 files |",
             "| 1 | assignment, lookups 40/s offered | 10 files |",
             "| 1 | `split.done` bookkeeping without lookups | 5 files, 50 ranges |",
-            "| 1 | `split.done` bookkeeping, all with lookups | 150 ranges |",
+            "| 1 | `split.done` bookkeeping without lookups, 2 broker processes | 5 files, "
+            "50 ranges |",
+            "| 1 | `split.done` bookkeeping, all with lookups | 100 ranges |",
             "| 1 | retention sweep (`purge_old_ranges`) | 500 ranges |",
             "| 0.5 | retention sweep (`purge_old_ranges`) | 500 ranges |",
             "| 1 | retention sweep with nothing expired | 0 ranges |",
