@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ess_broker.bookkeeping import handle_splits_done
+from ess_broker.turns import Turns
 from ess_common.db.session import SessionMaker, unit_of_work
 from ess_common.events import Event, SplitDone
 from ess_common.messaging.bus import Delivery, EventHandler
@@ -50,6 +51,8 @@ class ResultBatches:
         self._accepted: tuple[type[Event], ...] = (SplitDone, *others.events)
         self._waiting: list[tuple[SplitDone, asyncio.Future[None]]] = []
         self._recording = False
+        #: Results are parsed one per turn of the event loop (`ess_broker.turns`).
+        self._turns = Turns()
 
     @property
     def handler(self) -> EventHandler:
@@ -57,7 +60,8 @@ class ResultBatches:
         return EventHandler(self._accepted, self.handle)
 
     async def handle(self, delivery: Delivery) -> None:
-        event = parse_for(delivery, *self._accepted)
+        async with self._turns.take():
+            event = parse_for(delivery, *self._accepted)
         if not isinstance(event, SplitDone):
             await self._others(delivery)
             return
