@@ -34,6 +34,7 @@ from ess_split.plan import Skipped
 from ess_split.split import RangeFile, SplitResult, plan_ranges, split_root_file
 from tests.split.faithful import TREE_CLASSES, assert_carried, leaf_branches, read_branches
 from tests.split.judge import Case, RootJudge
+from tests.split.memory_bound import bounded
 
 SKHEP = Path(skhep_testdata.data_path("uproot-HZZ.root")).parent
 COFFEA = os.environ.get("ESS_TEST_COFFEA_SAMPLES", "")
@@ -201,6 +202,16 @@ UPROOT_MISREADS: dict[str, str] = {
     "delphes.root": _PIDF,
     "PHYSLITE_example.root": _MEMBERWISE,
 }
+
+
+#: What one file's test may hold resident: the largest take about 2 GiB with the test process.
+MEMORY_BOUND = 8 * 2**30
+
+
+@pytest.fixture(autouse=True)
+def memory_bound() -> Iterator[None]:
+    with bounded(MEMORY_BOUND):
+        yield
 
 
 @pytest.fixture(scope="module")
