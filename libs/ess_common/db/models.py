@@ -172,7 +172,10 @@ class Range(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    #: The request's file it is a range of (None for a range split on demand). Not a foreign
+    #: key: the bookkeeping writes ranges only for files it holds locked, and a request's
+    #: expiry deletes its ranges with its files (migration 0009 says why).
+    file_id: Mapped[int | None] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(36))
     #: The edge that split it on demand.
     edge: Mapped[str | None] = mapped_column(String(63))

@@ -192,6 +192,14 @@ async def _delete_request(
         if not await _still_expired(session, request_id, cutoff):
             return False
         await session.execute(delete(Notification).where(Notification.request_id == request_id))
+        # No range outlives its file (ranges hold no foreign key): any row the batches above
+        # did not see goes with the files, found through them (`uq_ranges_file_id`). Their
+        # objects went with the attempts' prefixes.
+        await session.execute(
+            delete(Range)
+            .where(Range.file_id.in_(select(File.id).where(File.request_id == request_id)))
+            .execution_options(synchronize_session=False)
+        )
         await session.execute(delete(File).where(File.request_id == request_id))
         await session.execute(delete(Request).where(Request.id == request_id))
     log.info("request.expired", request_id=request_id)
