@@ -338,8 +338,11 @@ def write_page(
         "together in one (`ess_broker.result_batches`); the outbox flushed to the bus after "
         "each commit that wrote to it; the edges' keys read together for the messages that "
         "arrive together), as many messages at once as the consumer's prefetch (8 heartbeats, "
-        "64 results: `ESS_PREFETCH`, `ESS_RESULTS_PREFETCH`); the "
-        "broker's `assign_pending` as its sweep runs it, 500 files a transaction; "
+        "64 results: `ESS_PREFETCH`, `ESS_RESULTS_PREFETCH`), in the benchmark's process and, "
+        f"for one quarter of the results, in {args.brokers} broker processes at once that share "
+        "the results out in turn as RabbitMQ deals a queue to its consumers "
+        "(`benchmarks.scale_replicas`); the broker's `assign_pending` as its sweep runs it, "
+        "500 files a transaction; "
         "`record_request`; the retention sweep's `purge_old_ranges`.",
         "- **Simulated**: the edges (enrolled in the enrollment table, their heartbeats and "
         "`split.done` messages made and signed in the benchmark's process, the messages "
